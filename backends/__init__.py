@@ -1,0 +1,1 @@
+"""Backend adapters. Each module implements one kind of `backends.base.Backend`."""

@@ -1,0 +1,120 @@
+"""The protocol every backend adapter implements.
+
+An adapter turns one kind of call (chat, search, SQL) into one provider's wire protocol
+and translates that provider's failures into `gateway.errors.BackendError` subclasses,
+`raise ... from exc`. It holds its own connection pool, opened in `start()` and closed in
+`close()`. It contains no resilience logic: breaker, timeout budget, retries, outbound
+limits and the bulkhead wrap it from outside (`gateway.resilience`), the same way for all.
+
+Kinds:
+
+* `LLMBackend`     OpenAI-compatible chat, streaming chat, embeddings, models
+* `SearchBackend`  Tavily-compatible search and extract
+* `SQLBackend`     read-only SQL with bound parameters
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+__all__ = [
+    "Backend",
+    "BackendKind",
+    "CallContext",
+    "Column",
+    "Health",
+    "JSONResponse",
+    "LLMBackend",
+    "QueryResult",
+    "SQLBackend",
+    "SearchBackend",
+]
+
+BackendKind = Literal["llm", "search", "sql"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a backend may know about the request it serves: never the caller's key."""
+
+    request_id: str
+    tenant: str
+    deadline: float | None = None
+    """Loop time (``loop.time()``) after which the call must give up."""
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    ok: bool
+    detail: str = ""
+    latency_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JSONResponse:
+    """An upstream's successful JSON answer, kept as bytes so it is not encoded twice."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: str
+    """The backend's own type name, e.g. ``BIGINT``, ``DECIMAL(18,2)``, ``TIMESTAMPTZ``."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    columns: Sequence[Column]
+    rows: Sequence[Sequence[Any]]
+    truncated: bool = False
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What every adapter has, whatever its kind."""
+
+    name: str
+    kind: BackendKind
+
+    async def start(self) -> None:
+        """Open pools and sessions. Called once, before the first call."""
+
+    async def close(self) -> None:
+        """Release every resource. Called once, at shutdown; must not raise."""
+
+    async def health(self) -> Health:
+        """A cheap reachability check, bounded in time (used by /health/ready)."""
+
+
+class LLMBackend(Backend, Protocol):
+    async def chat(self, body: Mapping[str, Any], ctx: CallContext) -> JSONResponse:
+        """A non-streaming chat completion; `body` is the client's, with the model resolved."""
+
+    def chat_stream(self, body: Mapping[str, Any], ctx: CallContext) -> AsyncIterator[bytes]:
+        """The upstream's SSE bytes as they arrive, one complete event per item."""
+
+    async def embeddings(self, body: Mapping[str, Any], ctx: CallContext) -> JSONResponse: ...
+
+    async def models(self, ctx: CallContext) -> list[dict[str, Any]]: ...
+
+
+class SearchBackend(Backend, Protocol):
+    async def search(self, body: Mapping[str, Any], ctx: CallContext) -> JSONResponse: ...
+
+    async def extract(self, body: Mapping[str, Any], ctx: CallContext) -> JSONResponse: ...
+
+
+class SQLBackend(Backend, Protocol):
+    dialect: str
+    """The sqlglot dialect name: ``postgres`` or ``duckdb``."""
+
+    async def query(
+        self, sql: str, params: Sequence[Any], ctx: CallContext, *, timeout_s: float
+    ) -> QueryResult:
+        """Run one already-validated read-only statement with bound parameters."""

@@ -1,0 +1,95 @@
+"""Build the application from a validated config. Wiring only: read it top to bottom to
+see the whole request path.
+
+Request path, outermost first:
+request id → access log + metrics → errors → body limit → auth → rate limit → route.
+"""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp_cors
+from aiohttp import web
+
+from gateway.appkeys import (
+    AppState,
+    config_key,
+    health_sources_key,
+    key_table_key,
+    limiter_key,
+    metrics_key,
+    route_specs_key,
+    state_key,
+    tasks_key,
+)
+from gateway.config import Config
+from gateway.headers import add_common_headers
+from gateway.keytable import KeyTable
+from gateway.lifecycle import background_tasks, loop_lag_probe, mark_started
+from gateway.limiter import LocalLimiter
+from gateway.metrics import Metrics
+from gateway.middleware.access_log import access_log_middleware
+from gateway.middleware.auth import auth_middleware
+from gateway.middleware.body_limit import body_limit_middleware
+from gateway.middleware.errors import errors_middleware
+from gateway.middleware.rate_limit import rate_limit_middleware
+from gateway.middleware.request_id import request_id_middleware
+from gateway.routes import health, metrics, openapi
+from gateway.routing import RouteDef
+from gateway.tasks import BackgroundTasks
+
+__all__ = ["create_app"]
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(
+        middlewares=[
+            request_id_middleware,
+            access_log_middleware,
+            errors_middleware,
+            body_limit_middleware(config.server.max_body_bytes),
+            auth_middleware,
+            rate_limit_middleware(config.limits),
+        ],
+        client_max_size=config.server.max_body_bytes,
+    )
+    app[config_key] = config
+    app[metrics_key] = Metrics()
+    app[state_key] = AppState(started_at=time.time())
+    app[tasks_key] = BackgroundTasks()
+    app[key_table_key] = KeyTable.from_config(config.keys)
+    app[limiter_key] = LocalLimiter()
+    app[health_sources_key] = []
+
+    route_defs: list[RouteDef] = [*health.routes(), *metrics.routes()]
+    route_defs += openapi.routes(route_defs)
+    add_routes(app, route_defs)
+    add_cors(app, config.server.cors_origins)
+    app.on_response_prepare.append(add_common_headers)
+
+    app.cleanup_ctx.append(background_tasks)
+    app.cleanup_ctx.append(loop_lag_probe)
+    app.cleanup_ctx.append(mark_started)
+    return app
+
+
+def add_routes(app: web.Application, route_defs: list[RouteDef]) -> None:
+    specs = {}
+    for route in route_defs:
+        added = app.router.add_route(route.method, route.path, route.handler)
+        specs[added] = route.spec
+    app[route_specs_key] = specs
+
+
+def add_cors(app: web.Application, origins: tuple[str, ...]) -> None:
+    if not origins:
+        return
+    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
+        allow_credentials=False,
+        expose_headers=("X-Request-ID", "RateLimit", "RateLimit-Policy", "Retry-After"),
+        allow_headers=("Authorization", "Content-Type", "X-API-Key", "X-Request-ID"),
+    )
+    cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
+    for route in list(app.router.routes()):
+        cors.add(route)

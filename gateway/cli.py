@@ -1,0 +1,97 @@
+"""The ``tollway`` command: serve, check-config, keys."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from gateway import __version__
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tollway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tollway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="YAML config (default: $TOLLWAY_CONFIG or embedded)")
+
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("file")
+
+    keys = commands.add_parser("keys", help="make and hash API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    key_commands.add_parser("new", help="print a fresh key and its sha256 hash")
+    hash_ = key_commands.add_parser("hash", help="print the sha256 hash of KEY for the config")
+    hash_.add_argument("key")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args.config)
+    if args.command == "check-config":
+        return _check_config(args.file)
+    if args.command == "keys":
+        return _keys(args)
+    return 2  # pragma: no cover - argparse refuses unknown commands
+
+
+def _fail(message: str) -> int:
+    print(f"tollway: {message}", file=sys.stderr)
+    return 2
+
+
+def _check_config(path: str) -> int:
+    from gateway.config import ConfigError, load_config
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    print(
+        f"{path}: ok ({len(config.backends)} backends, {len(config.models)} models, "
+        f"{len(config.datasets)} datasets, {len(config.keys)} keys)"
+    )
+    return 0
+
+
+def _serve(path: str | None) -> int:
+    from gateway.config import ConfigError, load_config
+    from gateway.logs import configure_logging
+    from gateway.serve import run
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    configure_logging(config.server.log_level)
+
+    def announce(addresses: list[object]) -> None:
+        host, port = addresses[0][:2]  # type: ignore[index]
+        print(f"Tollway {__version__} listening on http://{host}:{port}", flush=True)
+        if config.demo_key:
+            print(
+                "No config given: serving the embedded default.\n"
+                f"Demo key (shown once; it changes at every start): {config.demo_key}",
+                flush=True,
+            )
+
+    run(config, on_ready=announce)
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from gateway.embedded import new_key
+    from gateway.keyhash import hash_key
+
+    if args.keys_command == "new":
+        key = new_key()
+        print(f"key:  {key}\nhash: {hash_key(key)}")
+        return 0
+    print(hash_key(args.key))
+    return 0

@@ -1,0 +1,34 @@
+"""The embedded default: what `tollway serve` runs when it is given no config file."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from gateway.keyhash import hash_key
+
+__all__ = ["embedded_config_data", "new_key"]
+
+
+def new_key() -> str:
+    """A fresh high-entropy API key (256 bits, URL-safe)."""
+    return "tw_" + secrets.token_urlsafe(32)
+
+
+def embedded_config_data() -> tuple[dict[str, Any], str]:
+    """The default config as parsed YAML would be, and the demo key it accepts."""
+    demo_key = new_key()
+    data: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": 8080},
+        "state": "sqlite:///./tollway-state.db",
+        "keys": [
+            {
+                "id": "demo",
+                "hash": hash_key(demo_key),
+                "tenant": "demo",
+                "scopes": ["llm", "search", "query", "odata", "admin"],
+                "name": "demo key (embedded default)",
+            }
+        ],
+    }
+    return data, demo_key

@@ -1,0 +1,61 @@
+"""Headers every answer carries, added just before the headers are sent.
+
+Runs from `on_response_prepare`, so streamed answers and error answers get them too:
+the request id, security headers, and the rate limit state of the request's key.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+from aiohttp import web
+
+from gateway.appkeys import limit_decision_key, request_id_key
+from gateway.limiter import Decision
+
+__all__ = ["add_common_headers", "rate_limit_headers"]
+
+_SECURITY: Final = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+_JSON_CSP: Final = "default-src 'none'; frame-ancestors 'none'"
+
+
+def rate_limit_headers(decision: Decision) -> dict[str, str]:
+    """The IETF pair (draft-10: ``RateLimit-Policy`` and ``RateLimit``) and the legacy trio."""
+    policies = ", ".join(
+        f'"{w.rate.policy_name}";q={w.rate.count};w={math.ceil(w.rate.period_s)}'
+        for w in decision.windows
+    )
+    tight = decision.tightest
+    reset = max(0, math.ceil(tight.reset_s))
+    return {
+        "RateLimit-Policy": policies,
+        "RateLimit": f'"{tight.rate.policy_name}";r={tight.remaining};t={reset}',
+        "X-RateLimit-Limit": str(tight.rate.count),
+        "X-RateLimit-Remaining": str(tight.remaining),
+        "X-RateLimit-Reset": str(reset),
+    }
+
+
+async def add_common_headers(request: web.Request, response: web.StreamResponse) -> None:
+    headers = response.headers
+    request_id = request.get(request_id_key)
+    if request_id is not None:
+        headers["X-Request-ID"] = request_id
+    for name, value in _SECURITY.items():
+        headers.setdefault(name, value)
+    if "Content-Security-Policy" not in headers and response.content_type in (
+        "application/json",
+        "text/event-stream",
+        "text/plain",
+        "application/xml",
+    ):
+        headers["Content-Security-Policy"] = _JSON_CSP
+    headers.setdefault("Cache-Control", "no-store")
+    decision = request.get(limit_decision_key)
+    if decision is not None:
+        headers.update(rate_limit_headers(decision))

@@ -1,0 +1,68 @@
+"""One access log line and the request metrics per request, with the final status."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.appkeys import metrics_key, principal_key
+from gateway.logs import log_context
+
+__all__ = ["access_log_middleware", "route_label"]
+
+_log = logging.getLogger("tollway.access")
+
+
+def route_label(request: web.Request) -> str:
+    """The route template (bounded cardinality), or ``unmatched``."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    metrics = request.app[metrics_key]
+    started = time.perf_counter()
+    status = 500
+    response: web.StreamResponse | None = None
+    metrics.in_flight.inc()
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except asyncio.CancelledError:
+        status = 499  # the client went away; nginx's name for it
+        raise
+    finally:
+        metrics.in_flight.dec()
+        elapsed = time.perf_counter() - started
+        route = route_label(request)
+        metrics.requests.labels(route, request.method, str(status)).inc()
+        metrics.request_duration.labels(route, request.method).observe(elapsed)
+        context = log_context.get() or {}
+        principal = request.get(principal_key)
+        _log.info(
+            "request",
+            extra={
+                "request_id": context.get("request_id"),
+                "key_id": principal.key_id if principal else None,
+                "tenant": principal.tenant if principal else None,
+                "method": request.method,
+                "route": route,
+                "status": status,
+                "latency_ms": round(elapsed * 1000, 3),
+                "bytes_out": _bytes_out(response),
+                "client_ip": request.remote,
+            },
+        )
+
+
+def _bytes_out(response: web.StreamResponse | None) -> int:
+    if response is None:
+        return 0
+    # A plain Response is written after the middlewares return: its length is declared.
+    return response.body_length or response.content_length or 0

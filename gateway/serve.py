@@ -1,0 +1,74 @@
+"""Run the app on a socket until SIGTERM or SIGINT, then drain.
+
+Draining: readiness turns 503, the listening socket closes, idle keep-alive connections
+close, in-flight requests and streams get up to `server.shutdown_timeout_s` to finish,
+then the cleanup contexts close pools and flush buffers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.appkeys import state_key
+from gateway.config import Config
+
+__all__ = ["serve", "run"]
+
+_log = logging.getLogger("tollway.serve")
+
+
+async def serve(config: Config, *, on_ready: Callable[[list[object]], None] | None = None) -> None:
+    app = create_app(config)
+    server = config.server
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=server.shutdown_timeout_s,
+        keepalive_timeout=server.keepalive_timeout_s,
+        access_log=None,
+        max_line_size=8190,
+        max_field_size=8190,
+        max_headers=100,
+    )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        site = web.TCPSite(
+            runner, server.host, server.port, reuse_port=server.workers > 1, backlog=1024
+        )
+        await site.start()
+        addresses = runner.addresses
+        _log.info("listening", extra={"addresses": [f"{a[0]}:{a[1]}" for a in addresses]})
+        if on_ready is not None:
+            on_ready(addresses)
+        await stop.wait()
+        _log.info("draining", extra={"timeout_s": server.shutdown_timeout_s})
+        app[state_key].draining = True
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+        _log.info("stopped")
+
+
+def run(config: Config, *, on_ready: Callable[[list[object]], None] | None = None) -> None:
+    """Serve on uvloop (when installed) until a stop signal."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        asyncio.run(serve(config, on_ready=on_ready))
+        return
+    if sys.version_info >= (3, 12):
+        asyncio.run(serve(config, on_ready=on_ready), loop_factory=uvloop.new_event_loop)
+    else:
+        uvloop.run(serve(config, on_ready=on_ready))

@@ -24,15 +24,39 @@ __all__ = [
     "BackendKind",
     "CallContext",
     "Column",
+    "Factory",
     "Health",
     "JSONResponse",
     "LLMBackend",
+    "OptionError",
     "QueryResult",
     "SQLBackend",
     "SearchBackend",
 ]
 
 BackendKind = Literal["llm", "search", "sql"]
+
+
+class OptionError(ValueError):
+    """An adapter option in the config is wrong; `key` is the option's name."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class Factory(Protocol):
+    """Every adapter module exposes ``create`` with this signature.
+
+    It validates `options` (the backend's config keys its adapter understands) and
+    returns an unstarted backend; it performs no I/O, so `tollway check-config` can call
+    it. A wrong option raises `OptionError`.
+    """
+
+    def __call__(
+        self, name: str, options: Mapping[str, Any], *, timeout_s: float, connect_timeout_s: float
+    ) -> Backend: ...
 
 
 @dataclass(frozen=True, slots=True)

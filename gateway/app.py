@@ -12,6 +12,7 @@ import time
 import aiohttp_cors
 from aiohttp import web
 
+from gateway.adapters import backends_context
 from gateway.appkeys import (
     AppState,
     config_key,
@@ -70,6 +71,7 @@ def create_app(config: Config) -> web.Application:
 
     app.cleanup_ctx.append(background_tasks)
     app.cleanup_ctx.append(loop_lag_probe)
+    app.cleanup_ctx.append(backends_context)
     app.cleanup_ctx.append(mark_started)
     return app
 

@@ -114,6 +114,8 @@ class BackendConfig:
     outbound_limit: Rate | None = None
     outbound_wait_s: float = 5.0
     max_in_flight: int = 1024
+    required: bool = False
+    """Whether /health/ready fails while this backend is unhealthy."""
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -360,7 +362,7 @@ def _odata(s: Section) -> ODataConfig:
 
 _BACKEND_COMMON: Final = {
     "type", "timeout_s", "connect_timeout_s", "retries", "breaker", "outbound_limit",
-    "outbound_wait_s", "max_in_flight",
+    "outbound_wait_s", "max_in_flight", "required",
 }  # fmt: skip
 
 
@@ -383,9 +385,13 @@ def _backend(name: str, s: Section) -> BackendConfig:
         ),
         outbound_wait_s=s.number("outbound_wait_s", 5.0),
         max_in_flight=s.number("max_in_flight", 1024, integer=True, minimum=1),
+        required=s.boolean("required", False),
         options=MappingProxyType({k: s.raw(k) for k in s.keys() if k not in _BACKEND_COMMON}),
     )
     breaker.reject_unknown()
+    from gateway.adapters import create_backend
+
+    create_backend(config)  # validates the adapter's own options; no I/O
     return config
 
 

@@ -26,15 +26,7 @@ server: {host: 0.0.0.0, port: 9000, cors_origins: ["https://app.example.com"]}
 limits:
   default: ["60/minute", "1000/hour"]
   routes: {query: ["60/minute"], odata: ["120/minute"]}
-backends:
-  groq:
-    type: openai
-    base_url: https://api.groq.com/openai/v1
-    api_key: ${GROQ_API_KEY}
-    outbound_limit: 30/minute
-    breaker: {failures: 3, reset_s: 10}
-models:
-  llama-3.1-8b-instant: {backend: groq}
+state: ${STATE_URL}
 keys:
   - id: app-1
     hash: sha256:0000000000000000000000000000000000000000000000000000000000000000
@@ -44,12 +36,9 @@ keys:
     budget: {tokens: ["1000000/day"]}
 """,
     )
-    config = load_config(path, env={"GROQ_API_KEY": "gsk_secret"})
+    config = load_config(path, env={"STATE_URL": "postgresql://u@db/tollway"})
     assert config.server.port == 9000
-    groq = config.backends["groq"]
-    assert groq.options["api_key"] == "gsk_secret"
-    assert groq.outbound_limit is not None and groq.outbound_limit.count == 30
-    assert groq.breaker.failures == 3
+    assert config.state == "postgresql://u@db/tollway"
     assert config.keys[0].limits is not None and config.keys[0].limits[0].period_s == 60
     assert config.keys[0].budget_tokens[0].period_s == 86400
     assert config.limits.routes["odata"][0].count == 120

@@ -18,6 +18,7 @@ from gateway.metrics import Metrics
 from gateway.principal import Principal
 from gateway.routing import RouteSpec
 from gateway.tasks import BackgroundTasks
+from gateway.usage_record import RequestUsage
 
 if TYPE_CHECKING:
     from aiohttp.web_urldispatcher import AbstractRoute
@@ -38,6 +39,7 @@ __all__ = [
     "route_specs_key",
     "state_key",
     "tasks_key",
+    "usage_key",
 ]
 
 
@@ -64,3 +66,4 @@ request_id_key = web.RequestKey("request_id", str)
 principal_key = web.RequestKey("principal", Principal)
 route_spec_key = web.RequestKey("route_spec", RouteSpec)
 limit_decision_key = web.RequestKey("limit_decision", Decision)
+usage_key = web.RequestKey("usage", RequestUsage)

@@ -9,8 +9,9 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.appkeys import metrics_key, principal_key
+from gateway.appkeys import metrics_key, principal_key, usage_key
 from gateway.logs import log_context
+from gateway.usage_record import RequestUsage
 
 __all__ = ["access_log_middleware", "route_label"]
 
@@ -29,6 +30,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
     started = time.perf_counter()
     status = 500
     response: web.StreamResponse | None = None
+    usage = request[usage_key] = RequestUsage()
     metrics.in_flight.inc()
     try:
         response = await handler(request)
@@ -54,6 +56,8 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
                 "method": request.method,
                 "route": route,
                 "status": status,
+                "backend": usage.backend,
+                "model": usage.model,
                 "latency_ms": round(elapsed * 1000, 3),
                 "bytes_out": _bytes_out(response),
                 "client_ip": request.remote,

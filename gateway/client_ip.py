@@ -1,0 +1,67 @@
+"""The client's IP address: one function, used by limits, logs and audit alike.
+
+From the socket, unless the direct peer is a trusted proxy (`server.trusted_proxies`,
+IPs or CIDRs); then the rightmost address of ``X-Forwarded-For`` (or ``Forwarded: for=``)
+that is not itself a trusted proxy. A client cannot spoof its address by sending the
+header to Tollway directly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from functools import lru_cache
+
+from aiohttp import web
+
+__all__ = ["TrustedProxies", "client_ip"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TrustedProxies:
+    __slots__ = ("_networks",)
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self._networks: tuple[Network, ...] = tuple(
+            ipaddress.ip_network(entry, strict=False) for entry in entries
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+    def trusts(self, address: str) -> bool:
+        return _trusted(self._networks, address)
+
+
+@lru_cache(maxsize=4096)
+def _trusted(networks: tuple[Network, ...], address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def _forwarded_chain(request: web.Request) -> list[str]:
+    chain: list[str] = []
+    for header in request.headers.getall("X-Forwarded-For", ()):
+        chain.extend(part.strip() for part in header.split(",") if part.strip())
+    if chain:
+        return chain
+    for element in request.forwarded:
+        value = element.get("for")
+        if value:
+            chain.append(value.strip('"').removeprefix("[").split("]")[0])
+    return chain
+
+
+def client_ip(request: web.Request, trusted: TrustedProxies) -> str:
+    """The address of whoever sent the request, believing proxies only if trusted."""
+    peer = request.remote or ""
+    if not trusted or not trusted.trusts(peer):
+        return peer
+    for hop in reversed(_forwarded_chain(request)):
+        if not trusted.trusts(hop):
+            return hop
+    return peer

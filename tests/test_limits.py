@@ -97,7 +97,10 @@ async def test_limited_answers_carry_ietf_and_legacy_headers(
         app_with_test_routes({"limits": {"default": ["10/minute", "100/hour"]}})
     )
     response = await client.post("/test/echo", json={}, headers=auth(USER_KEY))
-    assert response.headers["RateLimit-Policy"] == '"10-per-60s";q=10;w=60, "100-per-3600s";q=100;w=3600'
+    assert (
+        response.headers["RateLimit-Policy"]
+        == '"10-per-60s";q=10;w=60, "100-per-3600s";q=100;w=3600'
+    )
     assert response.headers["RateLimit"] == '"10-per-60s";r=9;t=6'
     assert response.headers["X-RateLimit-Limit"] == "10"
     assert response.headers["X-RateLimit-Remaining"] == "9"
@@ -117,7 +120,9 @@ async def test_route_class_limits_apply_on_top_of_key_limits(
     aiohttp_client: Any, auth: Any
 ) -> None:
     client = await aiohttp_client(
-        app_with_test_routes({"limits": {"default": ["100/minute"], "routes": {"query": ["3/minute"]}}})
+        app_with_test_routes(
+            {"limits": {"default": ["100/minute"], "routes": {"query": ["3/minute"]}}}
+        )
     )
     statuses = [
         (await client.post("/test/echo", json={}, headers=auth(USER_KEY))).status for _ in range(4)

@@ -18,7 +18,7 @@ run: $(STAMP)
 	$(BIN)/tollway serve $(if $(CONFIG),--config $(CONFIG))
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway backends tests bench
+	$(BIN)/ruff check gateway backends tests $(wildcard bench)
 	$(BIN)/ruff format --check gateway backends
 	$(BIN)/mypy
 

@@ -24,8 +24,14 @@ __all__ = ["serve", "run"]
 _log = logging.getLogger("tollway.serve")
 
 
-async def serve(config: Config, *, on_ready: Callable[[list[object]], None] | None = None) -> None:
-    app = create_app(config)
+async def serve(
+    config: Config,
+    *,
+    on_ready: Callable[[list[object]], None] | None = None,
+    app_factory: Callable[[Config], web.Application] = create_app,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain. `on_ready` gets the bound addresses."""
+    app = app_factory(config)
     server = config.server
     runner = web.AppRunner(
         app,

@@ -13,7 +13,7 @@ import re
 import sys
 from typing import Any, Final, TextIO
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 __all__ = ["configure_logging", "log_context", "redact"]
 
@@ -51,7 +51,7 @@ class _ContextFilter(logging.Filter):
         return True
 
 
-class _Formatter(JsonFormatter):
+class _Formatter(OrjsonFormatter):
     def formatException(self, ei: Any) -> Any:  # noqa: N802 - logging's name
         text = super().formatException(ei)
         return redact(text) if isinstance(text, str) else [redact(line) for line in text]

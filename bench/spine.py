@@ -1,0 +1,166 @@
+"""What the middleware chain costs per request.
+
+Two servers, each in its own process on 127.0.0.1, answer the same trivial JSON route:
+`bare` is a plain aiohttp app; `tollway` is the full app (request id, access log and
+metrics, errors, body limit, auth by key, rate limit, common headers) with the route
+behind a key; `tollway-nolog` is the same at log level warning, to show what the JSON
+access line costs. One client process drives both in alternating rounds with the same
+concurrency. Printed per server: requests/second, latency p50/p99 and the server's CPU
+time per request read from /proc, the figure that survives a noisy machine best.
+
+    python -m bench spine [--requests N] [--concurrency C] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import socket
+import statistics
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+BENCH_KEY = "tw_bench-0123456789abcdefghijklmnopqrstuv"
+PAYLOAD = {"ok": True, "items": [1, 2, 3]}
+
+
+async def ping(request: web.Request) -> web.Response:
+    return web.json_response(PAYLOAD)
+
+
+def bare_app() -> web.Application:
+    app = web.Application()
+    app.router.add_get("/bench/ping", ping)
+    return app
+
+
+def tollway_app(log_level: str = "info") -> web.Application:
+    from gateway.app import create_app
+    from gateway.appkeys import route_specs_key
+    from gateway.config import parse_config
+    from gateway.keyhash import hash_key
+    from gateway.logs import configure_logging
+    from gateway.routing import RouteSpec
+
+    configure_logging(log_level, stream=open(os.devnull, "w"))  # noqa: SIM115
+    config = parse_config(
+        {
+            "server": {"host": "127.0.0.1", "port": 0},
+            "limits": {"default": ["100000000/minute", "1000000000/hour"]},
+            "keys": [
+                {"id": "bench", "hash": hash_key(BENCH_KEY), "tenant": "b", "scopes": ["query"]}
+            ],
+        },
+        env={},
+        source="bench",
+    )
+    app = create_app(config)
+    route = app.router.add_get("/bench/ping", ping)
+    app[route_specs_key][route] = RouteSpec("query", "query")
+    return app
+
+
+def serve(kind: str, conn: Connection) -> None:
+    import uvloop
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(512)
+    if kind == "bare":
+        app = bare_app()
+    else:
+        app = tollway_app("warning" if kind == "tollway-nolog" else "info")
+    conn.send(sock.getsockname()[1])
+    web.run_app(app, sock=sock, print=None, access_log=None, loop=uvloop.new_event_loop())
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drive(port: int, requests: int, concurrency: int) -> list[float]:
+    url = f"http://127.0.0.1:{port}/bench/ping"
+    headers = {"Authorization": f"Bearer {BENCH_KEY}"}
+    latencies: list[float] = []
+    remaining = requests
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                started = time.perf_counter()
+                async with session.get(url, headers=headers) as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"status {response.status}")
+                latencies.append(time.perf_counter() - started)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+async def run(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench spine")
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    context = multiprocessing.get_context("spawn")
+    servers: dict[str, tuple[Any, int]] = {}
+    for kind in ("bare", "tollway", "tollway-nolog"):
+        parent, child = context.Pipe()
+        process = context.Process(target=serve, args=(kind, child), daemon=True)
+        process.start()
+        servers[kind] = (process, parent.recv())
+    try:
+        results: dict[str, dict[str, list[float]]] = {
+            kind: {"rps": [], "p50": [], "p99": [], "cpu_us": []} for kind in servers
+        }
+        for _, port in servers.values():
+            await drive(port, 300, args.concurrency)  # warm up
+        for _ in range(args.rounds):
+            for kind, (process, port) in servers.items():
+                cpu_before = cpu_seconds(process.pid)
+                started = time.perf_counter()
+                latencies = await drive(port, args.requests, args.concurrency)
+                elapsed = time.perf_counter() - started
+                cpu = cpu_seconds(process.pid) - cpu_before
+                latencies.sort()
+                results[kind]["rps"].append(args.requests / elapsed)
+                results[kind]["p50"].append(latencies[len(latencies) // 2] * 1000)
+                results[kind]["p99"].append(latencies[int(len(latencies) * 0.99)] * 1000)
+                results[kind]["cpu_us"].append(cpu / args.requests * 1e6)
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.join(5)
+
+    median = {kind: {k: statistics.median(v) for k, v in r.items()} for kind, r in results.items()}
+    print(
+        f"{args.rounds} rounds x {args.requests} GET, concurrency {args.concurrency}, "
+        "medians over rounds"
+    )
+    print(f"{'server':<15}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'server CPU µs/req':>20}")
+    for kind, figures in median.items():
+        print(
+            f"{kind:<15}{figures['rps']:>10.0f}{figures['p50']:>10.2f}"
+            f"{figures['p99']:>10.2f}{figures['cpu_us']:>20.0f}"
+        )
+    bare, full = median["bare"], median["tollway"]
+    print(
+        f"tollway/bare: throughput {full['rps'] / bare['rps']:.2f}x, "
+        f"server CPU per request {full['cpu_us'] / bare['cpu_us']:.2f}x "
+        f"(+{full['cpu_us'] - bare['cpu_us']:.0f} µs for the middleware chain, "
+        f"{full['cpu_us'] - median['tollway-nolog']['cpu_us']:.0f} µs of it the access log line)"
+    )

@@ -36,7 +36,7 @@ from gateway.middleware.body_limit import body_limit_middleware
 from gateway.middleware.errors import errors_middleware
 from gateway.middleware.rate_limit import rate_limit_middleware
 from gateway.middleware.request_id import request_id_middleware
-from gateway.routes import health, metrics, openapi
+from gateway.routes import health, llm, metrics, openapi, search
 from gateway.routing import RouteDef
 from gateway.tasks import BackgroundTasks
 
@@ -63,7 +63,12 @@ def create_app(config: Config) -> web.Application:
     app[limiter_key] = LocalLimiter()
     app[health_sources_key] = []
 
-    route_defs: list[RouteDef] = [*health.routes(), *metrics.routes()]
+    route_defs: list[RouteDef] = [
+        *health.routes(),
+        *metrics.routes(),
+        *llm.routes(),
+        *search.routes(),
+    ]
     route_defs += openapi.routes(route_defs)
     add_routes(app, route_defs)
     add_cors(app, config.server.cors_origins)
@@ -73,6 +78,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(loop_lag_probe)
     app.cleanup_ctx.append(backends_context)
     app.cleanup_ctx.append(mark_started)
+    llm.setup(app)
     return app
 
 

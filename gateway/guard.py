@@ -163,7 +163,6 @@ class Guard(Generic[B]):
         retries: int | None = None,
     ) -> T:
         """Run `op` under the guard, retrying what a retry can help, within the deadline."""
-        loop = asyncio.get_running_loop()
         deadline = deadline if deadline is not None else self.deadline()
         retries = self.config.retries if retries is None else retries
         attempt = 0
@@ -177,14 +176,74 @@ class Guard(Generic[B]):
                     f"backend {self.name!r} did not answer in time", backend=self.name
                 ) from None
             except BackendError as error:
-                if not error.retryable or attempt >= retries:
-                    raise
-                delay = backoff_delay(attempt, error.retry_after)
-                if loop.time() + delay >= deadline:
+                delay = self._retry_delay(error, attempt, retries, deadline)
+                if delay is None:
                     raise
                 attempt += 1
-                self._metrics.retries.labels(self.name).inc()
                 await asyncio.sleep(delay)
+
+    async def stream(
+        self,
+        open_stream: Callable[[], AsyncIterator[T]],
+        *,
+        first_item_timeout_s: float,
+        deadline: float | None = None,
+        retries: int | None = None,
+    ) -> AsyncIterator[T]:
+        """The items of `open_stream()`, under the guard for the stream's whole life.
+
+        Opening and the first item are retried like `call` (the first item must come
+        within `first_item_timeout_s` and the deadline); once an item has been yielded,
+        failures propagate to the consumer, since its client has already seen bytes.
+        The bulkhead slot is held until the stream ends. Close it with `aclosing`.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = deadline if deadline is not None else self.deadline()
+        retries = self.config.retries if retries is None else retries
+        attempt = 0
+        yielded = False
+        while True:
+            await self.wait_for_quota(deadline)
+            try:
+                async with self.attempt():
+                    items = open_stream()
+                    try:
+                        first_by = min(deadline, loop.time() + first_item_timeout_s)
+                        try:
+                            async with asyncio.timeout_at(first_by):
+                                first = await anext(items)
+                        except StopAsyncIteration:
+                            return
+                        except TimeoutError:
+                            raise BackendTimeout(
+                                f"backend {self.name!r} sent nothing in time", backend=self.name
+                            ) from None
+                        yielded = True
+                        yield first
+                        async for item in items:
+                            yield item
+                    finally:
+                        await items.aclose()  # type: ignore[attr-defined]
+                return
+            except BackendError as error:
+                delay = None if yielded else self._retry_delay(error, attempt, retries, deadline)
+                if delay is None:
+                    raise
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    def _retry_delay(
+        self, error: BackendError, attempt: int, retries: int, deadline: float
+    ) -> float | None:
+        """How long to wait before trying again, or None when a retry cannot help or
+        would not finish inside the deadline."""
+        if not error.retryable or attempt >= retries:
+            return None
+        delay = backoff_delay(attempt, error.retry_after)
+        if asyncio.get_running_loop().time() + delay >= deadline:
+            return None
+        self._metrics.retries.labels(self.name).inc()
+        return delay
 
     async def health(self) -> Health:
         check: Callable[[], Awaitable[Health]] | None = getattr(self.backend, "health", None)

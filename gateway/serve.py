@@ -39,6 +39,9 @@ async def serve(
         shutdown_timeout=server.shutdown_timeout_s,
         keepalive_timeout=server.keepalive_timeout_s,
         access_log=None,
+        # A client that hangs up cancels its handler, so an upstream call or stream made
+        # on its behalf stops at once instead of burning the provider's tokens.
+        handler_cancellation=True,
         max_line_size=8190,
         max_field_size=8190,
         max_headers=100,

@@ -1,0 +1,204 @@
+"""What the HTTP adapters share: one pooled session per backend, option checks, and the
+translation of transport failures and error statuses into `gateway.errors`."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from backends.base import OptionError
+from gateway.errors import BackendError, BackendUnavailable, UpstreamHTTPError
+
+__all__ = [
+    "HTTPOptions",
+    "new_session",
+    "option_number",
+    "option_string",
+    "raise_for_upstream",
+    "retry_after_s",
+    "transport_error",
+]
+
+# Headers an adapter sends on every call; the caller's own headers never reach upstream.
+USER_AGENT = "tollway"
+
+
+class HTTPOptions:
+    """The options every HTTP adapter reads from its backend's config section."""
+
+    __slots__ = ("api_key", "base_url", "extra_headers", "max_connections")
+
+    def __init__(self, options: Mapping[str, Any], *, default_base_url: str | None) -> None:
+        base_url = option_string(options, "base_url", default_base_url)
+        if base_url is None:
+            raise OptionError("base_url", "required: the provider's API root, e.g. https://…/v1")
+        if not base_url.startswith(("http://", "https://")):
+            raise OptionError("base_url", f"expected an http(s) URL, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.api_key = option_string(options, "api_key", None) or None
+        self.max_connections = int(option_number(options, "max_connections", 100, minimum=1))
+        headers = options.get("headers", {})
+        if not isinstance(headers, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise OptionError("headers", "expected a mapping of header names to strings")
+        if any(k.lower() == "authorization" for k in headers):
+            raise OptionError("headers", "set the provider's key with api_key, not a header")
+        self.extra_headers: dict[str, str] = dict(headers)
+
+    def headers(self) -> dict[str, str]:
+        headers = {"User-Agent": USER_AGENT, "Content-Type": "application/json"}
+        headers.update(self.extra_headers)
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+
+def option_string(options: Mapping[str, Any], key: str, default: str | None) -> str | None:
+    value = options.get(key, default)
+    if value is not None and not isinstance(value, str):
+        raise OptionError(key, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def option_number(
+    options: Mapping[str, Any], key: str, default: float, *, minimum: float = 0.0
+) -> float:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise OptionError(key, f"expected a number, got {value!r}")
+    if value < minimum:
+        raise OptionError(key, f"must be at least {minimum}, got {value}")
+    return float(value)
+
+
+def new_session(
+    options: HTTPOptions, *, connect_timeout_s: float, read_timeout_s: float | None
+) -> aiohttp.ClientSession:
+    """A session with an explicit pool: bounded connections, DNS cached, keep-alive on.
+
+    `read_timeout_s` bounds every gap between bytes from the upstream (a silent or
+    stalled provider); the overall deadline is the guard's.
+    """
+    connector = aiohttp.TCPConnector(
+        limit=options.max_connections,
+        limit_per_host=options.max_connections,
+        ttl_dns_cache=300,
+        keepalive_timeout=30,
+    )
+    return aiohttp.ClientSession(
+        base_url=None,
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout_s, sock_read=read_timeout_s
+        ),
+        headers=options.headers(),
+        json_serialize=lambda obj: orjson.dumps(obj).decode(),
+        raise_for_status=False,
+        trust_env=False,
+    )
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """The upstream's wish: ``retry-after-ms``, else ``Retry-After`` in seconds or a date."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def transport_error(backend: str, exc: BaseException) -> BackendError:
+    """A connect error, reset or broken answer: the backend is unavailable (retryable)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        message = f"backend {backend!r} refused or could not be reached"
+    elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        message = f"backend {backend!r} closed the connection"
+    else:
+        message = f"backend {backend!r} sent a broken answer"
+    return BackendUnavailable(message, backend=backend, retry_after=1)
+
+
+async def raise_for_upstream(backend: str, response: aiohttp.ClientResponse) -> None:
+    """Raise `UpstreamHTTPError` for an error status, keeping the upstream's message,
+    type, code and param (OpenAI's shape, or Tavily's ``detail.error``)."""
+    if response.status < 400:
+        return
+    raw = await response.read()
+    if response.status in (401, 403):
+        # The provider refused Tollway's own credentials: an operator's problem, and the
+        # provider's message may quote part of the key. The client learns neither.
+        raise BackendError(
+            f"backend {backend!r} refused the gateway's credentials",
+            backend=backend,
+            code="upstream_auth_failed",
+            should_retry=False,
+        )
+    message, upstream_type, code, param = _error_fields(raw)
+    raise UpstreamHTTPError(
+        response.status,
+        message or f"backend {backend!r} answered {response.status}",
+        upstream_type=upstream_type,
+        code=code or _default_code(response.status),
+        param=param,
+        body=raw,
+        backend=backend,
+        retry_after=retry_after_s(response.headers),
+    )
+
+
+def _error_fields(raw: bytes) -> tuple[str | None, str | None, str | None, str | None]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, None, None, None
+    if not isinstance(body, dict):
+        return None, None, None, None
+    error = body.get("error")
+    if isinstance(error, dict):
+        return (
+            _text(error.get("message")),
+            _text(error.get("type")),
+            _text(error.get("code")),
+            _text(error.get("param")),
+        )
+    detail = body.get("detail")
+    if isinstance(detail, dict) and isinstance(detail.get("error"), str):
+        return detail["error"], None, None, None
+    if isinstance(detail, str):
+        return detail, None, None, None
+    if isinstance(error, str):
+        return error, None, None, None
+    return None, None, None, None
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def _default_code(status: int) -> str:
+    if status == 429:
+        return "rate_limit_exceeded"
+    if status >= 500:
+        return "upstream_error"
+    return "upstream_rejected"

@@ -1,0 +1,179 @@
+"""OpenAI's HTTP API, and every server that speaks it: Groq, vLLM, Ollama, llama.cpp.
+
+Options (beside the common backend keys): ``base_url`` (the API root including ``/v1``,
+default OpenAI's), ``api_key``, ``headers`` (extra static headers, e.g.
+``OpenAI-Organization``), ``max_connections`` (pool size, default 100),
+``first_token_timeout_s`` (a stream's first event, default 60) and ``idle_timeout_s``
+(the longest silence between a stream's events, and between any two reads, default 30).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from backends.base import Backend, BackendKind, CallContext, Health, JSONResponse
+from backends.http import (
+    HTTPOptions,
+    new_session,
+    option_number,
+    raise_for_upstream,
+    transport_error,
+)
+from gateway.errors import BackendTimeout, BackendUnavailable
+
+__all__ = ["OpenAIBackend", "create"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_OWN_OPTIONS = frozenset(
+    {"base_url", "api_key", "headers", "max_connections", "first_token_timeout_s",
+     "idle_timeout_s"}
+)  # fmt: skip
+_HEALTH_TIMEOUT_S = 3.0
+
+
+def create(
+    name: str, options: Mapping[str, Any], *, timeout_s: float, connect_timeout_s: float
+) -> Backend:
+    from backends.base import OptionError
+
+    unknown = sorted(set(options) - _OWN_OPTIONS)
+    if unknown:
+        raise OptionError(unknown[0], "unknown option for an openai backend")
+    return OpenAIBackend(
+        name,
+        HTTPOptions(options, default_base_url=DEFAULT_BASE_URL),
+        connect_timeout_s=connect_timeout_s,
+        first_token_timeout_s=option_number(options, "first_token_timeout_s", 60.0, minimum=0.01),
+        idle_timeout_s=option_number(options, "idle_timeout_s", 30.0, minimum=0.01),
+    )
+
+
+class OpenAIBackend:
+    kind: BackendKind = "llm"
+
+    def __init__(
+        self,
+        name: str,
+        options: HTTPOptions,
+        *,
+        connect_timeout_s: float,
+        first_token_timeout_s: float,
+        idle_timeout_s: float,
+    ) -> None:
+        self.name = name
+        self.options = options
+        self.connect_timeout_s = connect_timeout_s
+        self.first_token_timeout_s = first_token_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self._session: aiohttp.ClientSession | None = None
+        self._base = options.base_url
+
+    async def start(self) -> None:
+        self._session = new_session(
+            self.options, connect_timeout_s=self.connect_timeout_s, read_timeout_s=None
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise BackendUnavailable(f"backend {self.name!r} is not started", backend=self.name)
+        return self._session
+
+    async def health(self) -> Health:
+        started = time.perf_counter()
+        try:
+            async with self.session.get(
+                f"{self._base}/models", timeout=aiohttp.ClientTimeout(total=_HEALTH_TIMEOUT_S)
+            ) as response:
+                await response.read()
+                ok = response.status < 500
+                detail = "" if ok else f"answered {response.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            ok, detail = False, type(exc).__name__
+        return Health(ok, detail, time.perf_counter() - started)
+
+    async def _post_json(
+        self, path: str, body: Mapping[str, Any], ctx: CallContext
+    ) -> JSONResponse:
+        try:
+            async with self.session.post(
+                f"{self._base}{path}",
+                data=orjson.dumps(body),
+                headers={"X-Request-ID": ctx.request_id},
+                timeout=aiohttp.ClientTimeout(sock_read=None),
+            ) as response:
+                await raise_for_upstream(self.name, response)
+                raw = await response.read()
+                return JSONResponse(response.status, raw, _passed_headers(response))
+        except aiohttp.ClientError as exc:
+            raise transport_error(self.name, exc) from exc
+
+    async def chat(self, body: Mapping[str, Any], ctx: CallContext) -> JSONResponse:
+        return await self._post_json("/chat/completions", body, ctx)
+
+    async def embeddings(self, body: Mapping[str, Any], ctx: CallContext) -> JSONResponse:
+        return await self._post_json("/embeddings", body, ctx)
+
+    async def models(self, ctx: CallContext) -> list[dict[str, Any]]:
+        try:
+            async with self.session.get(
+                f"{self._base}/models", headers={"X-Request-ID": ctx.request_id}
+            ) as response:
+                await raise_for_upstream(self.name, response)
+                payload = orjson.loads(await response.read())
+        except aiohttp.ClientError as exc:
+            raise transport_error(self.name, exc) from exc
+        except orjson.JSONDecodeError as exc:
+            raise transport_error(self.name, exc) from exc
+        data = payload.get("data") if isinstance(payload, dict) else None
+        return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
+
+    async def chat_stream(self, body: Mapping[str, Any], ctx: CallContext) -> AsyncIterator[bytes]:
+        """The data of each SSE event as it arrives (``[DONE]`` included), comments and
+        other fields dropped. Raises before the first item for a refused or failed call;
+        a read gap longer than ``idle_timeout_s`` raises `TimeoutError`."""
+        try:
+            async with self.session.post(
+                f"{self._base}/chat/completions",
+                data=orjson.dumps(body),
+                headers={"X-Request-ID": ctx.request_id, "Accept": "text/event-stream"},
+                timeout=aiohttp.ClientTimeout(sock_read=self.idle_timeout_s),
+            ) as response:
+                await raise_for_upstream(self.name, response)
+                data: list[bytes] = []
+                async for line in response.content:
+                    line = line.rstrip(b"\r\n")
+                    if not line:
+                        if data:
+                            yield b"\n".join(data)
+                            data = []
+                        continue
+                    if line.startswith(b"data:"):
+                        value = line[5:]
+                        data.append(value[1:] if value.startswith(b" ") else value)
+                if data:
+                    yield b"\n".join(data)
+        except TimeoutError:
+            raise BackendTimeout(
+                f"backend {self.name!r} went silent for {self.idle_timeout_s:g}s",
+                backend=self.name,
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise transport_error(self.name, exc) from exc
+
+
+def _passed_headers(response: aiohttp.ClientResponse) -> dict[str, str]:
+    """Upstream headers worth giving the client: the provider's processing time. Its
+    ``x-ratelimit-*`` are not passed: they describe Tollway's quota, not the caller's."""
+    value = response.headers.get("openai-processing-ms")
+    return {"openai-processing-ms": value} if value is not None else {}

@@ -1,0 +1,269 @@
+"""Fake OpenAI/Groq and Tavily servers, served by aiohttp on 127.0.0.1, that can be told
+to fail in each of the ways real providers do.
+
+`FakeProvider.script(kind, *modes)` queues how the next requests of `kind` ("chat",
+"embeddings", "search", "extract") are answered; with the queue empty they succeed.
+Every request is recorded (path, headers, body) so tests can see what reached upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+UPSTREAM_KEY = "sk-upstream-0123456789abcdefghij"
+TAVILY_KEY = "tvly-upstream-0123456789abcdefghij"
+
+
+@dataclass
+class Seen:
+    path: str
+    headers: dict[str, str]
+    body: Any
+    at: float = field(default_factory=time.monotonic)
+
+
+class FakeProvider:
+    def __init__(self) -> None:
+        self.seen: list[Seen] = []
+        self._scripts: dict[str, deque[str]] = defaultdict(deque)
+        self.disconnected = asyncio.Event()
+        self.stream_gap_s = 0.0
+        self.first_event_delay_s = 2.0
+        self.hang_s = 30.0
+
+    def script(self, kind: str, *modes: str) -> None:
+        self._scripts[kind].extend(modes)
+
+    def hits(self, kind: str) -> int:
+        suffix = {"chat": "/chat/completions", "embeddings": "/embeddings"}.get(kind, f"/{kind}")
+        return sum(1 for s in self.seen if s.path.endswith(suffix))
+
+    def _next(self, kind: str) -> str:
+        queue = self._scripts[kind]
+        return queue.popleft() if queue else "ok"
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        for prefix in ("/v1", "/openai/v1"):
+            app.router.add_post(f"{prefix}/chat/completions", self.chat)
+            app.router.add_post(f"{prefix}/embeddings", self.embeddings)
+            app.router.add_get(f"{prefix}/models", self.models)
+        app.router.add_post("/search", self.search)
+        app.router.add_post("/extract", self.extract)
+        return app
+
+    async def _record(self, request: web.Request) -> Any:
+        raw = await request.read()
+        body = orjson.loads(raw) if raw else None
+        self.seen.append(Seen(request.path, dict(request.headers), body))
+        return body
+
+    async def _common_failure(self, request: web.Request, mode: str) -> web.StreamResponse | None:
+        if mode in ("500", "502", "503"):
+            return _error(int(mode), "upstream is having a bad day", "server_error", None)
+        if mode == "429":
+            return _error(
+                429, "Rate limit reached", "rate_limit_error", "rate_limit_exceeded",
+                headers={"retry-after-ms": "50", "Retry-After": "1"},
+            )  # fmt: skip
+        if mode == "429-long":
+            return _error(
+                429, "Rate limit reached", "rate_limit_error", "rate_limit_exceeded",
+                headers={"Retry-After": "600"},
+            )  # fmt: skip
+        if mode == "429-bare":
+            return _error(429, "Rate limit reached", "rate_limit_error", "rate_limit_exceeded")
+        if mode == "400-context":
+            return _error(
+                400,
+                "This model's maximum context length is 8192 tokens.",
+                "invalid_request_error",
+                "context_length_exceeded",
+                param="messages",
+            )
+        if mode == "401":
+            return _error(401, f"Incorrect API key provided: {UPSTREAM_KEY[:8]}****",
+                          "invalid_request_error", "invalid_api_key")  # fmt: skip
+        if mode == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()  # never sent: the connection is gone
+        if mode == "hang":
+            await asyncio.sleep(self.hang_s)
+        return None
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        if request.headers.get("Authorization") != f"Bearer {UPSTREAM_KEY}":
+            return _error(401, "bad upstream key", "invalid_request_error", "invalid_api_key")
+        mode = self._next("chat")
+        failed = await self._common_failure(request, mode)
+        if failed is not None:
+            return failed
+        if body.get("stream"):
+            return await self._stream(request, body, mode)
+        return web.json_response(
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": 1700000000,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Hello from the fake"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+            },
+            headers={"x-request-id": "upstream-req", "openai-processing-ms": "3"},
+        )
+
+    async def _stream(self, request: web.Request, body: Any, mode: str) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            if mode == "slow-first":
+                await asyncio.sleep(self.first_event_delay_s)
+            for index, piece in enumerate(["Hel", "lo", " there"]):
+                if mode == "malformed" and index == 1:
+                    await response.write(b"data: {not json\n\n")
+                    continue
+                if mode == "cut" and index == 2:
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return response
+                if mode == "stall" and index == 2:
+                    await asyncio.sleep(self.hang_s)
+                if mode == "clean-cut" and index == 2:
+                    await response.write_eof()
+                    return response
+                await response.write(_chunk(body["model"], {"content": piece}, None))
+                if self.stream_gap_s:
+                    await asyncio.sleep(self.stream_gap_s)
+            await response.write(_chunk(body["model"], {}, "stop"))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
+                await response.write(
+                    b"data: "
+                    + orjson.dumps(
+                        {
+                            "id": "chatcmpl-fake",
+                            "object": "chat.completion.chunk",
+                            "created": 1700000000,
+                            "model": body["model"],
+                            "choices": [],
+                            "usage": usage,
+                        }
+                    )
+                    + b"\n\n"
+                )
+            if mode != "no-done":
+                await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.disconnected.set()
+            raise
+        return response
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        failed = await self._common_failure(request, self._next("embeddings"))
+        if failed is not None:
+            return failed
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        return web.json_response(
+            {
+                "object": "list",
+                "model": body["model"],
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": [0.25, -0.5, 1.0]}
+                    for i in range(len(inputs))
+                ],
+                "usage": {"prompt_tokens": 3 * len(inputs), "total_tokens": 3 * len(inputs)},
+            }
+        )
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": "up-model", "object": "model", "created": 1, "owned_by": "fake"}],
+            }  # fmt: skip
+        )
+
+    async def search(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        if request.headers.get("Authorization") != f"Bearer {TAVILY_KEY}":
+            return web.json_response({"detail": {"error": "Unauthorized: bad key"}}, status=401)
+        mode = self._next("search")
+        if mode == "429":
+            return web.json_response(
+                {"detail": {"error": "Your request has been rate limited."}}, status=429
+            )
+        if mode == "500":
+            return web.json_response({"detail": {"error": "internal"}}, status=500)
+        return web.json_response(
+            {
+                "query": body["query"],
+                "answer": None,
+                "images": None,
+                "results": [
+                    {
+                        "title": "Tollway",
+                        "url": "https://example.com/",
+                        "content": "A gateway.",
+                        "score": 0.9,
+                        "raw_content": None,
+                    }  # fmt: skip
+                ],
+                "response_time": 0.01,
+                "request_id": "tvly-req",
+            }
+        )
+
+    async def extract(self, request: web.Request) -> web.Response:
+        body = await self._record(request)
+        urls = body["urls"] if isinstance(body["urls"], list) else [body["urls"]]
+        return web.json_response(
+            {
+                "results": [{"url": u, "raw_content": "text of the page"} for u in urls],
+                "response_time": 0.01,
+            }  # fmt: skip
+        )
+
+
+def _chunk(model: str, delta: dict[str, Any], finish: str | None) -> bytes:
+    event = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        "usage": None,
+    }
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+def _error(
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None,
+    *,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    return web.json_response(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}},
+        status=status,
+        headers=headers,
+    )

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import os
-import socket
 import statistics
 import time
-from multiprocessing.connection import Connection
-from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from bench._procs import cpu_seconds, start
 
 BENCH_KEY = "tw_bench-0123456789abcdefghijklmnopqrstuv"
 PAYLOAD = {"ok": True, "items": [1, 2, 3]}
@@ -66,24 +64,10 @@ def tollway_app(log_level: str = "info") -> web.Application:
     return app
 
 
-def serve(kind: str, conn: Connection) -> None:
-    import uvloop
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(512)
+def app_for(kind: str) -> web.Application:
     if kind == "bare":
-        app = bare_app()
-    else:
-        app = tollway_app("warning" if kind == "tollway-nolog" else "info")
-    conn.send(sock.getsockname()[1])
-    web.run_app(app, sock=sock, print=None, access_log=None, loop=uvloop.new_event_loop())
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return bare_app()
+    return tollway_app("warning" if kind == "tollway-nolog" else "info")
 
 
 async def drive(port: int, requests: int, concurrency: int) -> list[float]:
@@ -116,35 +100,28 @@ async def run(argv: list[str]) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
 
-    context = multiprocessing.get_context("spawn")
-    servers: dict[str, tuple[Any, int]] = {}
-    for kind in ("bare", "tollway", "tollway-nolog"):
-        parent, child = context.Pipe()
-        process = context.Process(target=serve, args=(kind, child), daemon=True)
-        process.start()
-        servers[kind] = (process, parent.recv())
+    servers = {kind: start(app_for, kind) for kind in ("bare", "tollway", "tollway-nolog")}
     try:
         results: dict[str, dict[str, list[float]]] = {
             kind: {"rps": [], "p50": [], "p99": [], "cpu_us": []} for kind in servers
         }
-        for _, port in servers.values():
-            await drive(port, 300, args.concurrency)  # warm up
+        for server in servers.values():
+            await drive(server.port, 300, args.concurrency)  # warm up
         for _ in range(args.rounds):
-            for kind, (process, port) in servers.items():
-                cpu_before = cpu_seconds(process.pid)
+            for kind, server in servers.items():
+                cpu_before = cpu_seconds(server.pid)
                 started = time.perf_counter()
-                latencies = await drive(port, args.requests, args.concurrency)
+                latencies = await drive(server.port, args.requests, args.concurrency)
                 elapsed = time.perf_counter() - started
-                cpu = cpu_seconds(process.pid) - cpu_before
+                cpu = cpu_seconds(server.pid) - cpu_before
                 latencies.sort()
                 results[kind]["rps"].append(args.requests / elapsed)
                 results[kind]["p50"].append(latencies[len(latencies) // 2] * 1000)
                 results[kind]["p99"].append(latencies[int(len(latencies) * 0.99)] * 1000)
                 results[kind]["cpu_us"].append(cpu / args.requests * 1e6)
     finally:
-        for process, _ in servers.values():
-            process.terminate()
-            process.join(5)
+        for server in servers.values():
+            server.stop()
 
     median = {kind: {k: statistics.median(v) for k, v in r.items()} for kind, r in results.items()}
     print(

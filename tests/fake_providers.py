@@ -146,7 +146,21 @@ class FakeProvider:
                 if mode == "clean-cut" and index == 2:
                     await response.write_eof()
                     return response
-                await response.write(_chunk(body["model"], {"content": piece}, None))
+                if mode == "error-event" and index == 1:
+                    await response.write(b'data: {"error": {"message": "overloaded"}}\n\n')
+                    await response.write_eof()
+                    return response
+                chunk = _chunk(body["model"], {"content": piece}, None)
+                if mode == "crlf-split":
+                    # CRLF line ends, a comment, an event name, and each event cut
+                    # across two network writes
+                    chunk = b": keep-alive\r\n\r\nevent: message\r\n" + chunk.replace(
+                        b"\n", b"\r\n"
+                    )
+                    await response.write(chunk[:20])
+                    await asyncio.sleep(0.02)
+                    chunk = chunk[20:]
+                await response.write(chunk)
                 if self.stream_gap_s:
                     await asyncio.sleep(self.stream_gap_s)
             await response.write(_chunk(body["model"], {}, "stop"))

@@ -9,7 +9,6 @@ from typing import Any
 
 import groq
 import openai
-import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -522,12 +521,23 @@ async def test_a_client_that_hangs_up_stops_the_upstream_stream(
 
 
 async def test_upstream_error_event_is_passed_on(tollway: Tollway, fake: FakeProvider) -> None:
-    # An upstream that reports its own failure in-band: the client sees it as an error.
-    from gateway.sse_relay import StreamState
+    client = await tollway()
+    fake.script("chat", "error-event")
+    text, error = await _stream_error(client)
+    assert text == "Hel"
+    assert "overloaded" in str(error.body) + error.message
+    assert fake.hits("chat") == 1
 
-    state = StreamState(strip_usage=True)
-    frame = state.frame(orjson.dumps({"error": {"message": "overloaded"}}))
-    assert frame is not None and state.failed and b"overloaded" in frame
+
+async def test_events_split_across_reads_with_crlf_and_comments_are_relayed_whole(
+    tollway: Tollway, fake: FakeProvider
+) -> None:
+    client = await tollway()
+    fake.script("chat", "crlf-split")
+    stream = await sdk(client).chat.completions.create(model="solo", messages=HI, stream=True)
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello there"
+    assert chunks[-1].choices[0].finish_reason == "stop"
 
 
 # --- configuration --------------------------------------------------------------------

@@ -37,6 +37,7 @@ class FakeProvider:
         self.stream_gap_s = 0.0
         self.first_event_delay_s = 2.0
         self.hang_s = 30.0
+        self.slow_s = 0.3
 
     def script(self, kind: str, *modes: str) -> None:
         self._scripts[kind].extend(modes)
@@ -97,6 +98,8 @@ class FakeProvider:
             return web.Response()  # never sent: the connection is gone
         if mode == "hang":
             await asyncio.sleep(self.hang_s)
+        if mode == "slow":
+            await asyncio.sleep(self.slow_s)  # then answer normally
         return None
 
     async def chat(self, request: web.Request) -> web.StreamResponse:

@@ -36,7 +36,7 @@ from gateway.middleware.body_limit import body_limit_middleware
 from gateway.middleware.errors import errors_middleware
 from gateway.middleware.rate_limit import rate_limit_middleware
 from gateway.middleware.request_id import request_id_middleware
-from gateway.routes import health, llm, metrics, openapi, search
+from gateway.routes import data, health, llm, metrics, openapi, search
 from gateway.routing import RouteDef
 from gateway.tasks import BackgroundTasks
 
@@ -68,6 +68,7 @@ def create_app(config: Config) -> web.Application:
         *metrics.routes(),
         *llm.routes(),
         *search.routes(),
+        *data.routes(),
     ]
     route_defs += openapi.routes(route_defs)
     add_routes(app, route_defs)
@@ -79,6 +80,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(backends_context)
     app.cleanup_ctx.append(mark_started)
     llm.setup(app)
+    data.setup(app)
     return app
 
 

@@ -115,6 +115,10 @@ class BackendConfig:
     outbound_wait_s: float = 5.0
     max_in_flight: int = 1024
     required: bool = False
+    max_rows: int = 10_000
+    """Data backends: the most rows one query may answer, whatever the request asks."""
+    raw_sql: bool = True
+    """Data backends: whether ``POST /v1/query`` may send SQL here (datasets always may)."""
     """Whether /health/ready fails while this backend is unhealthy."""
     options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -362,7 +366,7 @@ def _odata(s: Section) -> ODataConfig:
 
 _BACKEND_COMMON: Final = {
     "type", "timeout_s", "connect_timeout_s", "retries", "breaker", "outbound_limit",
-    "outbound_wait_s", "max_in_flight", "required",
+    "outbound_wait_s", "max_in_flight", "required", "max_rows", "raw_sql",
 }  # fmt: skip
 
 
@@ -386,6 +390,8 @@ def _backend(name: str, s: Section) -> BackendConfig:
         outbound_wait_s=s.number("outbound_wait_s", 5.0),
         max_in_flight=s.number("max_in_flight", 1024, integer=True, minimum=1),
         required=s.boolean("required", False),
+        max_rows=s.number("max_rows", 10_000, integer=True, minimum=1),
+        raw_sql=s.boolean("raw_sql", True),
         options=MappingProxyType({k: s.raw(k) for k in s.keys() if k not in _BACKEND_COMMON}),
     )
     breaker.reject_unknown()
@@ -474,6 +480,18 @@ def _check_references(config: Config) -> None:
         for fallback in model.fallbacks:
             if fallback not in config.models:
                 raise ConfigError(f"models.{name}.fallbacks", f'no model named "{fallback}"')
+    from gateway.datasets import Dataset
+    from gateway.errors import BadRequest
+
     for name, dataset in config.datasets.items():
-        if dataset.backend not in config.backends:
+        backend = config.backends.get(dataset.backend)
+        if backend is None:
             raise ConfigError(f"datasets.{name}.backend", f'no backend named "{dataset.backend}"')
+        if backend.type not in ("postgres", "duckdb"):
+            raise ConfigError(
+                f"datasets.{name}.backend", f'"{dataset.backend}" is not a data backend'
+            )
+        try:
+            Dataset.from_config(dataset, backend.type)
+        except BadRequest as exc:
+            raise ConfigError(f"datasets.{name}", exc.message) from None

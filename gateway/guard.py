@@ -22,7 +22,13 @@ from aiolimiter import AsyncLimiter
 from backends.base import Health
 from gateway.breaker import BreakerState, CircuitBreaker
 from gateway.config import BackendConfig
-from gateway.errors import BackendError, BackendOverloaded, BackendTimeout, OutboundLimited
+from gateway.errors import (
+    BackendError,
+    BackendOverloaded,
+    BackendTimeout,
+    OutboundLimited,
+    TollwayError,
+)
 from gateway.metrics import Metrics
 
 __all__ = ["Guard", "LocalOutboundLimiter", "OutboundLimiter"]
@@ -145,6 +151,10 @@ class Guard(Generic[B]):
         except TimeoutError:
             status = "timeout"
             self.breaker.record_failure(probe, "timeout")
+            raise
+        except TollwayError as error:  # the caller's mistake (bad SQL, say): not a failure
+            status = str(error.http_status)
+            self.breaker.release(probe)
             raise
         except BaseException:
             status = "cancelled"

@@ -105,6 +105,18 @@ class Metrics:
             ["route_class", "result"],
             registry=r,
         )
+        self.query_rows = Counter(
+            "tollway_query_rows",
+            "Rows answered by data queries, by backend.",
+            ["backend"],
+            registry=r,
+        )
+        self.query_refusals = Counter(
+            "tollway_query_refusals",
+            "Queries refused before reaching a backend, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.tokens = Counter(
             "tollway_tokens",
             "LLM tokens by key id, model and direction (in, out).",

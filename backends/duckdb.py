@@ -84,6 +84,7 @@ class DuckDBBackend:
         in_memory = self.path == ":memory:"
         read_only = not in_memory and Path(self.path).exists()
         config: dict[str, Any] = {
+            "enable_external_access": False,
             "threads": self.threads,
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
@@ -99,8 +100,11 @@ class DuckDBBackend:
             ) from None
         if self.demo:
             create_demo_tables(connection)
-        connection.execute("SET enable_external_access = false")
-        connection.execute("SET lock_configuration = true")
+        # DuckDB shares one database per file within a process: a second backend on the
+        # same file finds it locked already.
+        locked = connection.execute("SELECT current_setting('lock_configuration')").fetchone()
+        if not (locked and locked[0]):
+            connection.execute("SET lock_configuration = true")
         return connection
 
     async def close(self) -> None:

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from backends.base import Column
 from bench._procs import start
+from gateway.middleware.compression import _brotli, _gzip
 from gateway.sql_json import encode_result
 
 BENCH_KEY = "tw_bench-data-0123456789abcdefghijklmnop"
@@ -82,30 +83,46 @@ async def run(argv: list[str]) -> None:
                 encode.append(time.perf_counter() - started)
 
         server = start(tollway_app, str(path), args.rows)
-        through: list[float] = []
-        size = 0
+        through: dict[str, list[float]] = {"identity": [], "gzip": []}
+        size: dict[str, int] = {}
         try:
-            headers = {"Authorization": f"Bearer {BENCH_KEY}"}
-            async with aiohttp.ClientSession() as session:
-                for index in range(args.repeat + 3):
-                    started = time.perf_counter()
-                    async with session.post(
-                        server.url("/v1/query"),
-                        json={"backend": "wh", "sql": SQL, "max_rows": args.rows},
-                        headers=headers,
-                    ) as response:
-                        body = await response.read()
-                        if response.status != 200:
-                            raise RuntimeError(body.decode()[:300])
-                    if index >= 3:  # the first answers warm the pool and the caches
-                        through.append(time.perf_counter() - started)
-                        size = len(body)
+            async with aiohttp.ClientSession(auto_decompress=True) as session:
+                for coding, timings in through.items():
+                    headers = {"Authorization": f"Bearer {BENCH_KEY}", "Accept-Encoding": coding}
+                    for index in range(args.repeat + 3):
+                        started = time.perf_counter()
+                        async with session.post(
+                            server.url("/v1/query"),
+                            json={"backend": "wh", "sql": SQL, "max_rows": args.rows},
+                            headers=headers,
+                        ) as response:
+                            body = await response.content.read()
+                            if response.status != 200:
+                                raise RuntimeError(body.decode()[:300])
+                        if index >= 3:  # the first answers warm the pool and the caches
+                            timings.append(time.perf_counter() - started)
+                            size[coding] = int(response.headers.get("Content-Length", len(body)))
         finally:
             server.stop()
 
-    d, e, t = (statistics.median(x) * 1000 for x in (direct, encode, through))
-    print(f"{args.rows} rows, {size / 1024:.0f} KiB of JSON, median of {args.repeat}")
+    body_json = encode_result(columns, rows, truncated=False)
+    compressed: dict[str, tuple[float, int]] = {}
+    for name, coder in (("gzip", _gzip), ("br", _brotli)):
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            out = coder(body_json)
+            times.append(time.perf_counter() - started)
+        compressed[name] = (statistics.median(times) * 1000, len(out))
+
+    d, e = (statistics.median(x) * 1000 for x in (direct, encode))
+    t, tz = (statistics.median(x) * 1000 for x in through.values())
+    print(f"{args.rows} rows, {size['identity'] / 1024:.0f} KiB of JSON, median of {args.repeat}")
     print(f"DuckDB in-process (execute + fetchall): {d:8.2f} ms")
     print(f"JSON encoding of those rows:            {e:8.2f} ms")
     print(f"through Tollway's /v1/query (HTTP):     {t:8.2f} ms")
-    print(f"ratio Tollway / in-process: {t / d:.2f}x")
+    print(f"  the same, gzip on the wire:           {tz:8.2f} ms, {size['gzip'] / 1024:.0f} KiB")
+    print(f"ratio Tollway / in-process: {t / d:.2f}x (gzip on the wire: {tz / d:.2f}x)")
+    print(f"compression of that answer ({len(body_json) / 1024:.0f} KiB plain):")
+    for name, (ms, size) in compressed.items():
+        print(f"  {name:5} {ms:7.2f} ms, {size / 1024:6.0f} KiB ({size / len(body_json):.0%})")

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from gateway.client_ip import TrustedProxies
 from gateway.config import Config
+from gateway.error_tracking import ErrorTracker
 from gateway.keytable import KeyTable
 from gateway.limiter import Decision, Limiter
 from gateway.metrics import Metrics
@@ -27,6 +29,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AppState",
+    "client_ip_key",
+    "error_tracker_key",
+    "started_key",
+    "trusted_proxies_key",
     "config_key",
     "health_sources_key",
     "key_table_key",
@@ -61,8 +67,13 @@ state_key = web.AppKey("state", AppState)
 tasks_key = web.AppKey("tasks", BackgroundTasks)
 route_specs_key: web.AppKey[dict[AbstractRoute, RouteSpec]] = web.AppKey("route_specs")
 health_sources_key: web.AppKey[list[HealthSource]] = web.AppKey("health_sources")
+trusted_proxies_key = web.AppKey("trusted_proxies", TrustedProxies)
+error_tracker_key = web.AppKey("error_tracker", ErrorTracker)
 
 request_id_key = web.RequestKey("request_id", str)
+started_key = web.RequestKey("started", float)
+"""`time.perf_counter()` when the request reached the first middleware."""
+client_ip_key = web.RequestKey("client_ip", str)
 principal_key = web.RequestKey("principal", Principal)
 route_spec_key = web.RequestKey("route_spec", RouteSpec)
 limit_decision_key = web.RequestKey("limit_decision", Decision)

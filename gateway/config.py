@@ -64,6 +64,13 @@ class ServerConfig:
     log_level: str = "info"
     workers: int = 1
     replicas: int = 1
+    compression: bool = True
+    compression_min_bytes: int = 1024
+    slow_request_s: float = 1.0
+    sentry_dsn: str | None = None
+    max_url_bytes: int = 8190
+    max_header_bytes: int = 8190
+    max_headers: int = 100
     """How many Tollway processes share this config (set by the deployment); >1 wants Redis."""
 
 
@@ -259,6 +266,7 @@ _OVERRIDES: Final = {
     "TOLLWAY_LOG_LEVEL": ("server", "log_level", str),
     "TOLLWAY_WORKERS": ("server", "workers", int),
     "TOLLWAY_REPLICAS": ("server", "replicas", int),
+    "TOLLWAY_SENTRY_DSN": ("server", "sentry_dsn", str),
     "TOLLWAY_REDIS_URL": (None, "redis", str),
     "TOLLWAY_STATE_URL": (None, "state", str),
 }
@@ -292,6 +300,17 @@ def _server(s: Section) -> ServerConfig:
         log_level=s.choice("log_level", ("debug", "info", "warning", "error"), d.log_level),
         workers=s.number("workers", d.workers, integer=True, minimum=1),
         replicas=s.number("replicas", d.replicas, integer=True, minimum=1),
+        compression=s.boolean("compression", d.compression),
+        compression_min_bytes=s.number(
+            "compression_min_bytes", d.compression_min_bytes, integer=True, minimum=0
+        ),
+        slow_request_s=s.number("slow_request_s", d.slow_request_s),
+        sentry_dsn=s.string("sentry_dsn", None) or None,
+        max_url_bytes=s.number("max_url_bytes", d.max_url_bytes, integer=True, minimum=256),
+        max_header_bytes=s.number(
+            "max_header_bytes", d.max_header_bytes, integer=True, minimum=256
+        ),
+        max_headers=s.number("max_headers", d.max_headers, integer=True, minimum=8),
     )
     if config.port > 65535:
         raise ConfigError("server.port", f"must be at most 65535, got {config.port}")

@@ -30,6 +30,7 @@ from gateway.errors import (
     TollwayError,
 )
 from gateway.metrics import Metrics
+from gateway.usage_record import current_usage
 
 __all__ = ["Guard", "LocalOutboundLimiter", "OutboundLimiter"]
 
@@ -164,6 +165,9 @@ class Guard(Generic[B]):
             self._in_flight -= 1
             elapsed = time.perf_counter() - started
             self._metrics.upstream_duration.labels(self.name, status).observe(elapsed)
+            usage = current_usage.get()
+            if usage is not None:
+                usage.upstream_s += elapsed
 
     async def call(
         self,

@@ -23,11 +23,14 @@ from gateway.appkeys import (
     key_table_key,
     limiter_key,
     metrics_key,
+    response_cache_key,
     route_specs_key,
+    shared_redis_key,
     state_key,
     tasks_key,
     trusted_proxies_key,
 )
+from gateway.cache import ResponseCache
 from gateway.client_ip import TrustedProxies
 from gateway.config import Config
 from gateway.error_tracking import ErrorTracker
@@ -44,6 +47,8 @@ from gateway.middleware.errors import errors_middleware
 from gateway.middleware.ip_limit import ip_limit_middleware
 from gateway.middleware.rate_limit import rate_limit_middleware
 from gateway.middleware.request_id import request_id_middleware
+from gateway.redis_limiter import RedisLimiter
+from gateway.redis_state import RedisHealth, SharedRedis
 from gateway.routes import data, health, llm, metrics, openapi, search
 from gateway.routing import RouteDef
 from gateway.tasks import BackgroundTasks
@@ -74,8 +79,18 @@ def create_app(config: Config) -> web.Application:
     app[state_key] = AppState(started_at=time.time())
     app[tasks_key] = BackgroundTasks()
     app[key_table_key] = KeyTable.from_config(config.keys)
-    app[limiter_key] = LocalLimiter()
     app[health_sources_key] = []
+    redis = (
+        SharedRedis(config.redis, app[metrics_key], prefix=config.redis_prefix)
+        if config.redis
+        else None
+    )
+    app[shared_redis_key] = redis
+    app[limiter_key] = RedisLimiter(redis, app[metrics_key]) if redis else LocalLimiter()
+    app[response_cache_key] = ResponseCache(config.cache, app[metrics_key], redis)
+    if redis is not None:
+        app[health_sources_key].append(RedisHealth(redis))
+        app.on_cleanup.append(_close_redis)
     app[trusted_proxies_key] = TrustedProxies(config.server.trusted_proxies)
     app[error_tracker_key] = ErrorTracker(config.server.sentry_dsn, release=__version__)
 
@@ -124,3 +139,9 @@ def add_cors(app: web.Application, origins: tuple[str, ...]) -> None:
 
 async def _close_error_tracker(app: web.Application) -> None:
     app[error_tracker_key].close()
+
+
+async def _close_redis(app: web.Application) -> None:
+    redis = app[shared_redis_key]
+    if redis is not None:
+        await redis.close()

@@ -172,6 +172,8 @@ class Config:
     odata: ODataConfig = ODataConfig()
     state: str = DEFAULT_STATE
     redis: str | None = None
+    redis_prefix: str = "tollway:"
+    """Every Redis key Tollway writes starts with this (several deployments, one Redis)."""
     secret_keys: tuple[str, ...] = ()
     backends: Mapping[str, BackendConfig] = field(default_factory=dict)
     models: Mapping[str, ModelConfig] = field(default_factory=dict)
@@ -227,6 +229,7 @@ def parse_config(data: Any, *, env: Mapping[str, str], source: str) -> Config:
         odata=odata,
         state=root.string("state", DEFAULT_STATE),
         redis=root.string("redis", None),
+        redis_prefix=root.string("redis_prefix", "tollway:"),
         secret_keys=tuple(k for k in env.get("TOLLWAY_SECRET_KEY", "").split(",") if k.strip()),
         backends=MappingProxyType(backends),
         models=MappingProxyType(models),

@@ -556,7 +556,7 @@ async def test_postgres_restarted_mid_run_is_503_then_served_again(
     client = await aiohttp_client(create_app(config))
     assert (await query(client, "SELECT 1 AS up"))[0] == 200
     await asyncio.to_thread(throwaway_cluster.stop)
-    status, body = await query(client, "SELECT 1 AS up")
+    status, body = await query(client, "SELECT 1 AS down")
     assert status == 503, body
     await asyncio.to_thread(throwaway_cluster.start)
     for _ in range(20):  # a dead pooled connection may cost one more 503

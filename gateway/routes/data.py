@@ -17,6 +17,7 @@ from aiohttp import web
 from backends.base import CallContext, QueryResult
 from gateway.appkeys import config_key, metrics_key, principal_key, request_id_key, usage_key
 from gateway.body import read_json
+from gateway.caching import cached, rows_guarded_entry
 from gateway.datasets import Dataset, DatasetQuery, parse_query
 from gateway.errors import BadRequest, Forbidden, NotFound, TollwayError
 from gateway.guard import Guard
@@ -96,7 +97,7 @@ def _max_rows(body: dict[str, Any], cap: int) -> int:
     return min(asked, cap)
 
 
-async def query(request: web.Request) -> web.Response:
+async def query(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     unknown = sorted(set(body) - {"backend", "sql", "params", "max_rows"})
     if unknown:
@@ -122,8 +123,13 @@ async def query(request: web.Request) -> web.Response:
     except BadRequest as error:
         raise _refuse(request, error.code, error) from None
     sql = limit_rows(checked, max_rows + 1).sql()
-    result = await _run(request, guard, sql, params)
-    return _answer(request, guard, result, max_rows)
+
+    async def produce() -> web.Response:
+        result = await _run(request, guard, sql, params)
+        return _answer(request, guard, result, max_rows)
+
+    parts = (guard.name, sql, params, max_rows)
+    return await cached(request, "query", parts, produce, storable=rows_guarded_entry(request))
 
 
 def _dataset(request: web.Request, name: str) -> Dataset:
@@ -171,16 +177,21 @@ async def list_datasets(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
-async def query_dataset(request: web.Request) -> web.Response:
+async def query_dataset(request: web.Request) -> web.StreamResponse:
     dataset = _dataset(request, request.match_info["name"])
     guard = request.app[backends_key].get(dataset.config.backend)
     body = await read_json(request)
     dataset_query = parse_query(dataset, body, max_rows=guard.config.max_rows)
     limit = dataset_query.limit if dataset_query.limit is not None else guard.config.max_rows
     probe = DatasetQuery(**{**_fields(dataset_query), "limit": limit + 1})
-    result = await run_dataset_query(request, dataset, probe)
     request[usage_key].model = dataset.config.name
-    return _answer(request, guard, result, limit)
+
+    async def produce() -> web.Response:
+        result = await run_dataset_query(request, dataset, probe)
+        return _answer(request, guard, result, limit)
+
+    parts = (dataset.config.name, dataset.version, body)
+    return await cached(request, "datasets", parts, produce, storable=rows_guarded_entry(request))
 
 
 def _fields(dataset_query: DatasetQuery) -> dict[str, Any]:

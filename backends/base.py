@@ -120,8 +120,10 @@ class LLMBackend(Backend, Protocol):
     async def chat(self, body: Mapping[str, Any], ctx: CallContext) -> JSONResponse:
         """A non-streaming chat completion; `body` is the client's, with the model resolved."""
 
-    def chat_stream(self, body: Mapping[str, Any], ctx: CallContext) -> AsyncIterator[bytes]:
-        """The upstream's SSE bytes as they arrive, one complete event per item."""
+    def chat_stream(self, body: Mapping[str, Any], ctx: CallContext) -> AsyncIterator[list[bytes]]:
+        """The data of the upstream's SSE events as they arrive: each item holds the
+        complete events one network read brought (never empty), so a relay can pass
+        them on in one write."""
 
     async def embeddings(self, body: Mapping[str, Any], ctx: CallContext) -> JSONResponse: ...
 

@@ -138,10 +138,12 @@ class OpenAIBackend:
         data = payload.get("data") if isinstance(payload, dict) else None
         return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
 
-    async def chat_stream(self, body: Mapping[str, Any], ctx: CallContext) -> AsyncIterator[bytes]:
-        """The data of each SSE event as it arrives (``[DONE]`` included), comments and
-        other fields dropped. Raises before the first item for a refused or failed call;
-        a read gap longer than ``idle_timeout_s`` raises `TimeoutError`."""
+    async def chat_stream(
+        self, body: Mapping[str, Any], ctx: CallContext
+    ) -> AsyncIterator[list[bytes]]:
+        """The data of the SSE events (``[DONE]`` included) each network read completes,
+        comments and other fields dropped. Raises before the first item for a refused or
+        failed call; a read gap longer than ``idle_timeout_s`` raises `BackendTimeout`."""
         try:
             async with self.session.post(
                 f"{self._base}/chat/completions",
@@ -150,19 +152,19 @@ class OpenAIBackend:
                 timeout=aiohttp.ClientTimeout(sock_read=self.idle_timeout_s),
             ) as response:
                 await raise_for_upstream(self.name, response)
-                data: list[bytes] = []
-                async for line in response.content:
-                    line = line.rstrip(b"\r\n")
-                    if not line:
-                        if data:
-                            yield b"\n".join(data)
-                            data = []
-                        continue
-                    if line.startswith(b"data:"):
-                        value = line[5:]
-                        data.append(value[1:] if value.startswith(b" ") else value)
-                if data:
-                    yield b"\n".join(data)
+                buffer = b""
+                async for chunk in response.content.iter_any():
+                    buffer += chunk
+                    if b"\r" in buffer:
+                        buffer = buffer.replace(b"\r\n", b"\n")
+                    *blocks, buffer = buffer.split(b"\n\n")
+                    if blocks:
+                        events = [data for data in map(event_data, blocks) if data is not None]
+                        if events:
+                            yield events
+                last = event_data(buffer.strip(b"\n"))
+                if last is not None:
+                    yield [last]
         except TimeoutError:
             raise BackendTimeout(
                 f"backend {self.name!r} went silent for {self.idle_timeout_s:g}s",
@@ -170,6 +172,19 @@ class OpenAIBackend:
             ) from None
         except aiohttp.ClientError as exc:
             raise transport_error(self.name, exc) from exc
+
+
+def event_data(block: bytes) -> bytes | None:
+    """The data of one SSE event (its lines without the blank line that ends it), or
+    None for an event without data, such as a comment."""
+    if block.startswith(b"data: ") and b"\n" not in block:
+        return block[6:]  # the usual shape: one data line
+    data = [
+        line[6:] if line.startswith(b"data: ") else line[5:]
+        for line in block.split(b"\n")
+        if line.startswith(b"data:")
+    ]
+    return b"\n".join(data) if data else None
 
 
 def _passed_headers(response: aiohttp.ClientResponse) -> dict[str, str]:

@@ -10,7 +10,8 @@ Started in one run, each in its own process:
 
 The proxy under test is pinned to core 0; wrk and the upstream to core 1. wrk drives
 each proxy at concurrency 1, 8 and 64, interleaved, `--reps` times; then a client
-measures streaming time-to-first-byte. Printed: req/s, p50/p99, Tollway/bare ratios,
+measures streaming time-to-first-byte. Both non-streaming and streaming
+requests are driven by wrk. Printed: req/s, p50/p99, Tollway/bare ratios,
 TTFB, and Tollway's peak RSS.
 
     python -m bench proxy [--duration S] [--reps N] [--streams N]
@@ -236,42 +237,71 @@ async def run(argv: list[str]) -> None:
         "bare": start(bare_proxy_app, upstream.url(), cpus=PROXY_CPU),
         "tollway": start(tollway_app, upstream.url(), cpus=PROXY_CPU),
     }
-    results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    results: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     peak_rss = 0.0
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(_WRK_SCRIPT.format(body=CHAT_BODY.decode(), key=BENCH_KEY))
+    scripts: dict[str, str] = {}
+    for kind, body in (("chat", CHAT_BODY), ("stream", STREAM_BODY)):
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+            script.write(_WRK_SCRIPT.format(body=body.decode(), key=BENCH_KEY))
+        scripts[kind] = script.name
     try:
         for server in servers.values():  # warm up pools and code paths
-            run_wrk(server.url("/v1/chat/completions"), 8, 1, script.name)
+            for script_name in scripts.values():
+                run_wrk(server.url("/v1/chat/completions"), 8, 1, script_name)
         for _ in range(args.reps):
-            for concurrency in levels:
-                for name, server in servers.items():
-                    figures = run_wrk(
-                        server.url("/v1/chat/completions"), concurrency, args.duration, script.name
-                    )
-                    results.setdefault((name, concurrency), []).append(figures)
-                    if name == "tollway":
-                        peak_rss = max(peak_rss, rss_mb(server.pid))
+            for kind, script_name in scripts.items():
+                for concurrency in levels:
+                    for name, server in servers.items():
+                        figures = run_wrk(
+                            server.url("/v1/chat/completions"),
+                            concurrency,
+                            args.duration,
+                            script_name,
+                        )
+                        results.setdefault((kind, name, concurrency), []).append(figures)
+                        if name == "tollway":
+                            peak_rss = max(peak_rss, rss_mb(server.pid))
         ttfb = {
             name: await stream_ttfb(server.url("/v1/chat/completions"), args.streams)
             for name, server in servers.items()
         }
         peak_rss = max(peak_rss, rss_mb(servers["tollway"].pid))
     finally:
-        os.unlink(script.name)
+        for script_name in scripts.values():
+            os.unlink(script_name)
         for server in [*servers.values(), upstream]:
             server.stop()
 
     print(
-        f"non-streaming chat, wrk {args.duration:g}s x {args.reps} reps per level, interleaved; "
-        "proxy on core 0, load and upstream on core 1; medians over reps"
+        f"wrk {args.duration:g}s x {args.reps} reps per level, interleaved; proxy on core 0, "
+        "load and upstream on core 1; medians over reps; latencies in ms"
     )
+    for kind, title in (("chat", "non-streaming chat"), ("stream", "streaming chat (6 events)")):
+        print(title)
+        _print_table(results, kind, levels)
+    b50, t50 = _percentile(ttfb["bare"], 50), _percentile(ttfb["tollway"], 50)
+    b99, t99 = _percentile(ttfb["bare"], 99), _percentile(ttfb["tollway"], 99)
+    print(
+        f"streaming time to first byte over {args.streams} sequential streams: "
+        f"bare p50 {b50:.3f} ms p99 {b99:.3f} ms, tollway p50 {t50:.3f} ms p99 {t99:.3f} ms "
+        f"(Δp50 {t50 - b50:+.3f} ms)"
+    )
+    print(f"tollway peak RSS under load: {peak_rss:.1f} MB")
+
+
+def _percentile(sorted_s: list[float], pct: int) -> float:
+    return sorted_s[min(len(sorted_s) - 1, len(sorted_s) * pct // 100)] * 1000
+
+
+def _print_table(
+    results: dict[tuple[str, str, int], list[dict[str, float]]], kind: str, levels: list[int]
+) -> None:
     header = ("conc", "bare req/s", "tw req/s", "ratio", "bare p50", "tw p50", "Δp50", "bare p99")
-    print(" ".join(f"{h:>10}" for h in (*header, "tw p99")) + "   (latencies in ms)")
+    print(" ".join(f"{h:>10}" for h in (*header, "tw p99")))
     for concurrency in levels:
-        bare = {k: statistics.median(r[k] for r in results[("bare", concurrency)])
+        bare = {k: statistics.median(r[k] for r in results[(kind, "bare", concurrency)])
                 for k in ("rps", "p50_ms", "p99_ms")}  # fmt: skip
-        full = {k: statistics.median(r[k] for r in results[("tollway", concurrency)])
+        full = {k: statistics.median(r[k] for r in results[(kind, "tollway", concurrency)])
                 for k in ("rps", "p50_ms", "p99_ms")}  # fmt: skip
         row = (
             f"{concurrency}", f"{bare['rps']:.0f}", f"{full['rps']:.0f}",
@@ -280,10 +310,3 @@ async def run(argv: list[str]) -> None:
             f"{full['p99_ms']:.3f}",
         )  # fmt: skip
         print(" ".join(f"{cell:>10}" for cell in row))
-    b50 = ttfb["bare"][len(ttfb["bare"]) // 2] * 1000
-    t50 = ttfb["tollway"][len(ttfb["tollway"]) // 2] * 1000
-    print(
-        f"streaming time to first byte over {args.streams} sequential streams: "
-        f"bare p50 {b50:.3f} ms, tollway p50 {t50:.3f} ms (Δ {t50 - b50:+.3f} ms)"
-    )
-    print(f"tollway peak RSS under load: {peak_rss:.1f} MB")

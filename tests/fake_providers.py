@@ -37,6 +37,7 @@ class FakeProvider:
         self.stream_gap_s = 0.0
         self.first_event_delay_s = 2.0
         self.hang_s = 30.0
+        self.slow_s = 0.3
 
     def script(self, kind: str, *modes: str) -> None:
         self._scripts[kind].extend(modes)
@@ -97,6 +98,8 @@ class FakeProvider:
             return web.Response()  # never sent: the connection is gone
         if mode == "hang":
             await asyncio.sleep(self.hang_s)
+        if mode == "slow":
+            await asyncio.sleep(self.slow_s)  # then answer normally
         return None
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -146,7 +149,21 @@ class FakeProvider:
                 if mode == "clean-cut" and index == 2:
                     await response.write_eof()
                     return response
-                await response.write(_chunk(body["model"], {"content": piece}, None))
+                if mode == "error-event" and index == 1:
+                    await response.write(b'data: {"error": {"message": "overloaded"}}\n\n')
+                    await response.write_eof()
+                    return response
+                chunk = _chunk(body["model"], {"content": piece}, None)
+                if mode == "crlf-split":
+                    # CRLF line ends, a comment, an event name, and each event cut
+                    # across two network writes
+                    chunk = b": keep-alive\r\n\r\nevent: message\r\n" + chunk.replace(
+                        b"\n", b"\r\n"
+                    )
+                    await response.write(chunk[:20])
+                    await asyncio.sleep(0.02)
+                    chunk = chunk[20:]
+                await response.write(chunk)
                 if self.stream_gap_s:
                     await asyncio.sleep(self.stream_gap_s)
             await response.write(_chunk(body["model"], {}, "stop"))

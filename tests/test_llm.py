@@ -9,7 +9,6 @@ from typing import Any
 
 import groq
 import openai
-import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -329,6 +328,63 @@ async def test_429_whose_retry_after_exceeds_the_deadline_is_answered_with_it(
     assert fake.hits("chat") == 1
 
 
+async def test_429_without_retry_after_is_retried_with_backoff(
+    tollway: Tollway, fake: FakeProvider
+) -> None:
+    client = await tollway()
+    fake.script("chat", "429-bare", "429-bare")
+    completion = await sdk(client).chat.completions.create(model="solo", messages=HI)
+    assert completion.choices[0].message.content == "Hello from the fake"
+    assert fake.hits("chat") == 3
+    # full jitter under an exponential ceiling: 0.25 s then 0.5 s at most
+    assert fake.seen[2].at - fake.seen[0].at < 0.75 + 0.2
+
+
+async def test_half_open_breaker_admits_exactly_one_probe_then_closes(
+    tollway: Tollway, fake: FakeProvider
+) -> None:
+    client = await tollway({"backends": {"openai": {"breaker": {"failures": 2, "reset_s": 0.3}}}})
+    api = sdk(client)
+    fake.script("chat", "500", "500")
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError):
+            await api.chat.completions.create(model="solo", messages=HI)
+    await asyncio.sleep(0.35)
+    fake.script("chat", "slow")  # the probe takes a while and succeeds
+    probe = asyncio.ensure_future(api.chat.completions.create(model="solo", messages=HI))
+    for _ in range(200):
+        if fake.hits("chat") == 3:
+            break
+        await asyncio.sleep(0.01)  # noqa: ASYNC110 - waiting on another server's state
+    with pytest.raises(openai.APIStatusError) as raised:
+        await api.chat.completions.create(model="solo", messages=HI)
+    assert raised.value.status_code == 503 and raised.value.code == "circuit_open"
+    assert (await probe).choices[0].message.content == "Hello from the fake"
+    await api.chat.completions.create(model="solo", messages=HI)  # closed again
+    assert fake.hits("chat") == 4
+    text = await metrics_text(client)
+    assert 'tollway_breaker_transitions_total{backend="openai",state="half_open"} 1.0' in text
+
+
+async def test_a_stream_is_retried_and_failed_over_before_its_first_byte(
+    tollway: Tollway, fake: FakeProvider
+) -> None:
+    client = await tollway()
+    fake.script("chat", "503", "reset")
+    stream = await sdk(client).chat.completions.create(model="solo", messages=HI, stream=True)
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello there"
+    assert fake.hits("chat") == 3
+    fake.script("chat", "500")
+    raw = await client.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": HI, "stream": True},
+        headers={"Authorization": f"Bearer {USER_KEY}"},
+    )
+    assert raw.headers["X-Tollway-Model"] == "llama-3.1-8b-instant"
+    assert (await raw.read()).endswith(b"data: [DONE]\n\n")
+
+
 async def test_retries_are_bounded(tollway: Tollway, fake: FakeProvider) -> None:
     client = await tollway()
     fake.script("chat", "503", "503", "503", "503")
@@ -522,12 +578,23 @@ async def test_a_client_that_hangs_up_stops_the_upstream_stream(
 
 
 async def test_upstream_error_event_is_passed_on(tollway: Tollway, fake: FakeProvider) -> None:
-    # An upstream that reports its own failure in-band: the client sees it as an error.
-    from gateway.sse_relay import StreamState
+    client = await tollway()
+    fake.script("chat", "error-event")
+    text, error = await _stream_error(client)
+    assert text == "Hel"
+    assert "overloaded" in str(error.body) + error.message
+    assert fake.hits("chat") == 1
 
-    state = StreamState(strip_usage=True)
-    frame = state.frame(orjson.dumps({"error": {"message": "overloaded"}}))
-    assert frame is not None and state.failed and b"overloaded" in frame
+
+async def test_events_split_across_reads_with_crlf_and_comments_are_relayed_whole(
+    tollway: Tollway, fake: FakeProvider
+) -> None:
+    client = await tollway()
+    fake.script("chat", "crlf-split")
+    stream = await sdk(client).chat.completions.create(model="solo", messages=HI, stream=True)
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello there"
+    assert chunks[-1].choices[0].finish_reason == "stop"
 
 
 # --- configuration --------------------------------------------------------------------

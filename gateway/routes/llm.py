@@ -210,8 +210,8 @@ async def _embeddings_answer(
 
 async def _open_stream(
     request: web.Request, body: dict[str, Any], targets: list[Target]
-) -> tuple[AsyncIterator[bytes], bytes, Target]:
-    """The first target's stream that produced its first event, with that event."""
+) -> tuple[AsyncIterator[list[bytes]], list[bytes], Target]:
+    """The first target's stream that produced its first events, with those events."""
     ctx = _context(request)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
@@ -223,7 +223,7 @@ async def _open_stream(
     for index, target in enumerate(targets):
         backend = target.guard.backend
         upstream_body = {**body, "model": target.upstream_model, "stream_options": upstream_options}
-        events: AsyncIterator[bytes] = target.guard.stream(
+        events: AsyncIterator[list[bytes]] = target.guard.stream(
             partial(backend.chat_stream, upstream_body, ctx),
             first_item_timeout_s=backend.first_token_timeout_s,
         )
@@ -296,27 +296,34 @@ async def _stream_chat(
 
 async def _relay(
     response: web.StreamResponse,
-    events: AsyncIterator[bytes],
-    first: bytes,
+    events: AsyncIterator[list[bytes]],
+    first: list[bytes],
     state: StreamState,
     sent: list[bytes] | None,
 ) -> BackendError | None:
     """Send events until ``[DONE]`` or the end; the failure to report in-band, if any.
-    With `sent`, every frame sent is kept there too."""
-    data = first
+    The events of one upstream read go out in one write; with `sent`, every frame sent
+    is kept there too."""
+    batch = first
+    frames: list[bytes] = []
     try:
         while True:
-            frame = state.frame(data)
-            if frame is None:
-                pass
-            elif not await _write(response, frame):
-                state.done = False  # the client went away; closing `events` stops the upstream
-                return None
-            elif sent is not None:
-                sent.append(frame)
+            for data in batch:
+                frame = state.frame(data)
+                if frame is not None:
+                    frames.append(frame)
+                if state.done or state.failed:
+                    break
+            if frames:
+                if not await _write(response, b"".join(frames)):
+                    state.done = False  # the client went away: closing `events` stops upstream
+                    return None
+                if sent is not None:
+                    sent.extend(frames)
+            frames = []
             if state.done or state.failed:
                 break
-            data = await anext(events)
+            batch = await anext(events)
     except StopAsyncIteration:
         if not state.finished:
             return BackendUnavailable(
@@ -328,6 +335,8 @@ async def _relay(
         state.done = True
         return None
     except MalformedEvent as exc:
+        if frames:
+            await _write(response, b"".join(frames))  # the good events before the bad one
         return BackendError(str(exc), code="malformed_event")
     except BackendError as error:
         return error

@@ -39,7 +39,10 @@ def tollway_app(path: str, rows: int) -> web.Application:
     config = parse_config(
         {
             "server": {"host": "127.0.0.1", "port": 0},
-            "limits": {"default": ["1000000/minute"]},
+            "limits": {
+                "default": ["1000000/minute"],
+                "per_ip_authenticated": ["1000000000/hour"],
+            },
             "backends": {"wh": {"type": "duckdb", "path": path, "max_rows": rows}},
             "keys": [
                 {"id": "bench", "hash": hash_key(BENCH_KEY), "tenant": "b", "scopes": ["query"]}

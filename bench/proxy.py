@@ -153,7 +153,10 @@ def tollway_app(upstream: str) -> web.Application:
     config = parse_config(
         {
             "server": {"host": "127.0.0.1", "port": 0},
-            "limits": {"default": ["100000000/minute", "1000000000/hour"]},
+            "limits": {
+                "default": ["100000000/minute", "1000000000/hour"],
+                "per_ip_authenticated": ["1000000000/hour"],
+            },
             "backends": {
                 "up": {"type": "openai", "base_url": f"{upstream}/v1", "api_key": "sk-up"}
             },

@@ -50,7 +50,10 @@ def tollway_app(log_level: str = "info") -> web.Application:
     config = parse_config(
         {
             "server": {"host": "127.0.0.1", "port": 0},
-            "limits": {"default": ["100000000/minute", "1000000000/hour"]},
+            "limits": {
+                "default": ["100000000/minute", "1000000000/hour"],
+                "per_ip_authenticated": ["1000000000/hour"],
+            },
             "keys": [
                 {"id": "bench", "hash": hash_key(BENCH_KEY), "tenant": "b", "scopes": ["query"]}
             ],

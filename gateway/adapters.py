@@ -10,10 +10,11 @@ from typing import Any, Final
 from aiohttp import web
 
 from backends.base import Backend, OptionError
-from gateway.appkeys import config_key, health_sources_key, metrics_key
+from gateway.appkeys import config_key, health_sources_key, limiter_key, metrics_key
 from gateway.config import BackendConfig
 from gateway.config_reader import ConfigError
 from gateway.guard import Guard
+from gateway.redis_limiter import RedisLimiter, SharedOutboundLimiter
 from gateway.registry import BackendRegistry, backends_key
 
 __all__ = ["backends_context", "create_backend"]
@@ -57,8 +58,19 @@ async def backends_context(app: web.Application) -> AsyncIterator[None]:
             backend = create_backend(backend_config)
             await backend.start()
             started.append(backend)
+            limiter = app[limiter_key]
+            rate = backend_config.outbound_limit
+            shared = (
+                SharedOutboundLimiter(limiter, backend_config.name, rate)
+                if rate is not None and isinstance(limiter, RedisLimiter)
+                else None
+            )
             guard: Guard[Any] = Guard(
-                backend, backend_config, app[metrics_key], required=backend_config.required
+                backend,
+                backend_config,
+                app[metrics_key],
+                outbound=shared,
+                required=backend_config.required,
             )
             registry.add(guard)
             app[health_sources_key].append(guard)

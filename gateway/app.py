@@ -2,7 +2,8 @@
 see the whole request path.
 
 Request path, outermost first:
-request id → access log + metrics → errors → body limit → auth → rate limit → route.
+request id → access log + metrics → compression → errors → body limit → per-IP limit
+→ auth → rate limit → route.
 """
 
 from __future__ import annotations
@@ -12,19 +13,27 @@ import time
 import aiohttp_cors
 from aiohttp import web
 
+from gateway import __version__
 from gateway.adapters import backends_context
 from gateway.appkeys import (
     AppState,
     config_key,
+    error_tracker_key,
     health_sources_key,
     key_table_key,
     limiter_key,
     metrics_key,
+    response_cache_key,
     route_specs_key,
+    shared_redis_key,
     state_key,
     tasks_key,
+    trusted_proxies_key,
 )
+from gateway.cache import ResponseCache
+from gateway.client_ip import TrustedProxies
 from gateway.config import Config
+from gateway.error_tracking import ErrorTracker
 from gateway.headers import add_common_headers
 from gateway.keytable import KeyTable
 from gateway.lifecycle import background_tasks, loop_lag_probe, mark_started
@@ -33,10 +42,14 @@ from gateway.metrics import Metrics
 from gateway.middleware.access_log import access_log_middleware
 from gateway.middleware.auth import auth_middleware
 from gateway.middleware.body_limit import body_limit_middleware
+from gateway.middleware.compression import compression_middleware
 from gateway.middleware.errors import errors_middleware
+from gateway.middleware.ip_limit import ip_limit_middleware
 from gateway.middleware.rate_limit import rate_limit_middleware
 from gateway.middleware.request_id import request_id_middleware
-from gateway.routes import health, llm, metrics, openapi, search
+from gateway.redis_limiter import RedisLimiter
+from gateway.redis_state import RedisHealth, SharedRedis
+from gateway.routes import data, health, llm, metrics, openapi, search
 from gateway.routing import RouteDef
 from gateway.tasks import BackgroundTasks
 
@@ -47,9 +60,15 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(
         middlewares=[
             request_id_middleware,
-            access_log_middleware,
+            access_log_middleware(config.server.slow_request_s),
+            *(
+                [compression_middleware(config.server.compression_min_bytes)]
+                if config.server.compression
+                else []
+            ),
             errors_middleware,
             body_limit_middleware(config.server.max_body_bytes),
+            ip_limit_middleware(config.limits),
             auth_middleware,
             rate_limit_middleware(config.limits),
         ],
@@ -60,14 +79,27 @@ def create_app(config: Config) -> web.Application:
     app[state_key] = AppState(started_at=time.time())
     app[tasks_key] = BackgroundTasks()
     app[key_table_key] = KeyTable.from_config(config.keys)
-    app[limiter_key] = LocalLimiter()
     app[health_sources_key] = []
+    redis = (
+        SharedRedis(config.redis, app[metrics_key], prefix=config.redis_prefix)
+        if config.redis
+        else None
+    )
+    app[shared_redis_key] = redis
+    app[limiter_key] = RedisLimiter(redis, app[metrics_key]) if redis else LocalLimiter()
+    app[response_cache_key] = ResponseCache(config.cache, app[metrics_key], redis)
+    if redis is not None:
+        app[health_sources_key].append(RedisHealth(redis))
+        app.on_cleanup.append(_close_redis)
+    app[trusted_proxies_key] = TrustedProxies(config.server.trusted_proxies)
+    app[error_tracker_key] = ErrorTracker(config.server.sentry_dsn, release=__version__)
 
     route_defs: list[RouteDef] = [
         *health.routes(),
         *metrics.routes(),
         *llm.routes(),
         *search.routes(),
+        *data.routes(),
     ]
     route_defs += openapi.routes(route_defs)
     add_routes(app, route_defs)
@@ -78,7 +110,9 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(loop_lag_probe)
     app.cleanup_ctx.append(backends_context)
     app.cleanup_ctx.append(mark_started)
+    app.on_cleanup.append(_close_error_tracker)
     llm.setup(app)
+    data.setup(app)
     return app
 
 
@@ -101,3 +135,13 @@ def add_cors(app: web.Application, origins: tuple[str, ...]) -> None:
     cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
     for route in list(app.router.routes()):
         cors.add(route)
+
+
+async def _close_error_tracker(app: web.Application) -> None:
+    app[error_tracker_key].close()
+
+
+async def _close_redis(app: web.Application) -> None:
+    redis = app[shared_redis_key]
+    if redis is not None:
+        await redis.close()

@@ -11,11 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from gateway.cache import ResponseCache
+from gateway.client_ip import TrustedProxies
 from gateway.config import Config
+from gateway.error_tracking import ErrorTracker
 from gateway.keytable import KeyTable
 from gateway.limiter import Decision, Limiter
 from gateway.metrics import Metrics
 from gateway.principal import Principal
+from gateway.redis_state import SharedRedis
 from gateway.routing import RouteSpec
 from gateway.tasks import BackgroundTasks
 from gateway.usage_record import RequestUsage
@@ -27,6 +31,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AppState",
+    "client_ip_key",
+    "error_tracker_key",
+    "response_cache_key",
+    "shared_redis_key",
+    "started_key",
+    "trusted_proxies_key",
     "config_key",
     "health_sources_key",
     "key_table_key",
@@ -61,8 +71,15 @@ state_key = web.AppKey("state", AppState)
 tasks_key = web.AppKey("tasks", BackgroundTasks)
 route_specs_key: web.AppKey[dict[AbstractRoute, RouteSpec]] = web.AppKey("route_specs")
 health_sources_key: web.AppKey[list[HealthSource]] = web.AppKey("health_sources")
+trusted_proxies_key = web.AppKey("trusted_proxies", TrustedProxies)
+error_tracker_key = web.AppKey("error_tracker", ErrorTracker)
+response_cache_key = web.AppKey("response_cache", ResponseCache)
+shared_redis_key: web.AppKey[SharedRedis | None] = web.AppKey("shared_redis")
 
 request_id_key = web.RequestKey("request_id", str)
+started_key = web.RequestKey("started", float)
+"""`time.perf_counter()` when the request reached the first middleware."""
+client_ip_key = web.RequestKey("client_ip", str)
 principal_key = web.RequestKey("principal", Principal)
 route_spec_key = web.RequestKey("route_spec", RouteSpec)
 limit_decision_key = web.RequestKey("limit_decision", Decision)

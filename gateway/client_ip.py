@@ -14,7 +14,7 @@ from functools import lru_cache
 
 from aiohttp import web
 
-__all__ = ["TrustedProxies", "client_ip"]
+__all__ = ["TrustedProxies", "client_ip", "request_ip"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -65,3 +65,13 @@ def client_ip(request: web.Request, trusted: TrustedProxies) -> str:
         if not trusted.trusts(hop):
             return hop
     return peer
+
+
+def request_ip(request: web.Request) -> str:
+    """`client_ip` of this request, worked out once and kept on it."""
+    from gateway.appkeys import client_ip_key, trusted_proxies_key
+
+    found = request.get(client_ip_key)
+    if found is None:
+        found = request[client_ip_key] = client_ip(request, request.app[trusted_proxies_key])
+    return found

@@ -64,6 +64,13 @@ class ServerConfig:
     log_level: str = "info"
     workers: int = 1
     replicas: int = 1
+    compression: bool = True
+    compression_min_bytes: int = 1024
+    slow_request_s: float = 1.0
+    sentry_dsn: str | None = None
+    max_url_bytes: int = 8190
+    max_header_bytes: int = 8190
+    max_headers: int = 100
     """How many Tollway processes share this config (set by the deployment); >1 wants Redis."""
 
 
@@ -115,6 +122,10 @@ class BackendConfig:
     outbound_wait_s: float = 5.0
     max_in_flight: int = 1024
     required: bool = False
+    max_rows: int = 10_000
+    """Data backends: the most rows one query may answer, whatever the request asks."""
+    raw_sql: bool = True
+    """Data backends: whether ``POST /v1/query`` may send SQL here (datasets always may)."""
     """Whether /health/ready fails while this backend is unhealthy."""
     options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -161,6 +172,8 @@ class Config:
     odata: ODataConfig = ODataConfig()
     state: str = DEFAULT_STATE
     redis: str | None = None
+    redis_prefix: str = "tollway:"
+    """Every Redis key Tollway writes starts with this (several deployments, one Redis)."""
     secret_keys: tuple[str, ...] = ()
     backends: Mapping[str, BackendConfig] = field(default_factory=dict)
     models: Mapping[str, ModelConfig] = field(default_factory=dict)
@@ -216,6 +229,7 @@ def parse_config(data: Any, *, env: Mapping[str, str], source: str) -> Config:
         odata=odata,
         state=root.string("state", DEFAULT_STATE),
         redis=root.string("redis", None),
+        redis_prefix=root.string("redis_prefix", "tollway:"),
         secret_keys=tuple(k for k in env.get("TOLLWAY_SECRET_KEY", "").split(",") if k.strip()),
         backends=MappingProxyType(backends),
         models=MappingProxyType(models),
@@ -255,6 +269,7 @@ _OVERRIDES: Final = {
     "TOLLWAY_LOG_LEVEL": ("server", "log_level", str),
     "TOLLWAY_WORKERS": ("server", "workers", int),
     "TOLLWAY_REPLICAS": ("server", "replicas", int),
+    "TOLLWAY_SENTRY_DSN": ("server", "sentry_dsn", str),
     "TOLLWAY_REDIS_URL": (None, "redis", str),
     "TOLLWAY_STATE_URL": (None, "state", str),
 }
@@ -288,6 +303,17 @@ def _server(s: Section) -> ServerConfig:
         log_level=s.choice("log_level", ("debug", "info", "warning", "error"), d.log_level),
         workers=s.number("workers", d.workers, integer=True, minimum=1),
         replicas=s.number("replicas", d.replicas, integer=True, minimum=1),
+        compression=s.boolean("compression", d.compression),
+        compression_min_bytes=s.number(
+            "compression_min_bytes", d.compression_min_bytes, integer=True, minimum=0
+        ),
+        slow_request_s=s.number("slow_request_s", d.slow_request_s),
+        sentry_dsn=s.string("sentry_dsn", None) or None,
+        max_url_bytes=s.number("max_url_bytes", d.max_url_bytes, integer=True, minimum=256),
+        max_header_bytes=s.number(
+            "max_header_bytes", d.max_header_bytes, integer=True, minimum=256
+        ),
+        max_headers=s.number("max_headers", d.max_headers, integer=True, minimum=8),
     )
     if config.port > 65535:
         raise ConfigError("server.port", f"must be at most 65535, got {config.port}")
@@ -362,7 +388,7 @@ def _odata(s: Section) -> ODataConfig:
 
 _BACKEND_COMMON: Final = {
     "type", "timeout_s", "connect_timeout_s", "retries", "breaker", "outbound_limit",
-    "outbound_wait_s", "max_in_flight", "required",
+    "outbound_wait_s", "max_in_flight", "required", "max_rows", "raw_sql",
 }  # fmt: skip
 
 
@@ -386,6 +412,8 @@ def _backend(name: str, s: Section) -> BackendConfig:
         outbound_wait_s=s.number("outbound_wait_s", 5.0),
         max_in_flight=s.number("max_in_flight", 1024, integer=True, minimum=1),
         required=s.boolean("required", False),
+        max_rows=s.number("max_rows", 10_000, integer=True, minimum=1),
+        raw_sql=s.boolean("raw_sql", True),
         options=MappingProxyType({k: s.raw(k) for k in s.keys() if k not in _BACKEND_COMMON}),
     )
     breaker.reject_unknown()
@@ -474,6 +502,18 @@ def _check_references(config: Config) -> None:
         for fallback in model.fallbacks:
             if fallback not in config.models:
                 raise ConfigError(f"models.{name}.fallbacks", f'no model named "{fallback}"')
+    from gateway.datasets import Dataset
+    from gateway.errors import BadRequest
+
     for name, dataset in config.datasets.items():
-        if dataset.backend not in config.backends:
+        backend = config.backends.get(dataset.backend)
+        if backend is None:
             raise ConfigError(f"datasets.{name}.backend", f'no backend named "{dataset.backend}"')
+        if backend.type not in ("postgres", "duckdb"):
+            raise ConfigError(
+                f"datasets.{name}.backend", f'"{dataset.backend}" is not a data backend'
+            )
+        try:
+            Dataset.from_config(dataset, backend.type)
+        except BadRequest as exc:
+            raise ConfigError(f"datasets.{name}", exc.message) from None

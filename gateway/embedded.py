@@ -21,11 +21,31 @@ def embedded_config_data() -> tuple[dict[str, Any], str]:
     data: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 8080},
         "state": "sqlite:///./tollway-state.db",
+        "backends": {"demo": {"type": "duckdb", "demo": True, "timeout_s": 30}},
+        "datasets": {
+            "orders": {
+                "backend": "demo",
+                "table": "orders",
+                "tenant_column": "tenant_id",
+                "time_dimension": "day",
+                "dimensions": {
+                    "region": "region",
+                    "product": "product",
+                    "day": "CAST(ordered_at AS DATE)",
+                    "month": "strftime(ordered_at, '%Y-%m')",
+                },
+                "metrics": {
+                    "revenue": "sum(amount)",
+                    "orders": "count(*)",
+                    "units": "sum(quantity)",
+                },
+            }
+        },
         "keys": [
             {
                 "id": "demo",
                 "hash": hash_key(demo_key),
-                "tenant": "demo",
+                "tenant": "acme",
                 "scopes": ["llm", "search", "query", "odata", "admin"],
                 "name": "demo key (embedded default)",
             }

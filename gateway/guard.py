@@ -22,8 +22,15 @@ from aiolimiter import AsyncLimiter
 from backends.base import Health
 from gateway.breaker import BreakerState, CircuitBreaker
 from gateway.config import BackendConfig
-from gateway.errors import BackendError, BackendOverloaded, BackendTimeout, OutboundLimited
+from gateway.errors import (
+    BackendError,
+    BackendOverloaded,
+    BackendTimeout,
+    OutboundLimited,
+    TollwayError,
+)
 from gateway.metrics import Metrics
+from gateway.usage_record import current_usage
 
 __all__ = ["Guard", "LocalOutboundLimiter", "OutboundLimiter"]
 
@@ -146,6 +153,10 @@ class Guard(Generic[B]):
             status = "timeout"
             self.breaker.record_failure(probe, "timeout")
             raise
+        except TollwayError as error:  # the caller's mistake (bad SQL, say): not a failure
+            status = str(error.http_status)
+            self.breaker.release(probe)
+            raise
         except BaseException:
             status = "cancelled"
             self.breaker.release(probe)
@@ -154,6 +165,9 @@ class Guard(Generic[B]):
             self._in_flight -= 1
             elapsed = time.perf_counter() - started
             self._metrics.upstream_duration.labels(self.name, status).observe(elapsed)
+            usage = current_usage.get()
+            if usage is not None:
+                usage.upstream_s += elapsed
 
     async def call(
         self,

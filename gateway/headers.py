@@ -7,11 +7,12 @@ the request id, security headers, and the rate limit state of the request's key.
 from __future__ import annotations
 
 import math
+import time
 from typing import Final
 
 from aiohttp import web
 
-from gateway.appkeys import limit_decision_key, request_id_key
+from gateway.appkeys import limit_decision_key, request_id_key, started_key, usage_key
 from gateway.limiter import Decision
 
 __all__ = ["add_common_headers", "rate_limit_headers"]
@@ -56,6 +57,13 @@ async def add_common_headers(request: web.Request, response: web.StreamResponse)
     ):
         headers["Content-Security-Policy"] = _JSON_CSP
     headers.setdefault("Cache-Control", "no-store")
+    started = request.get(started_key)
+    if started is not None:
+        total_ms = (time.perf_counter() - started) * 1000
+        usage = request.get(usage_key)
+        upstream_ms = usage.upstream_s * 1000 if usage is not None else 0.0
+        headers["Server-Timing"] = f"total;dur={total_ms:.1f}, upstream;dur={upstream_ms:.1f}"
+        headers["X-Process-Time"] = f"{total_ms / 1000:.4f}"
     decision = request.get(limit_decision_key)
     if decision is not None:
         headers.update(rate_limit_headers(decision))

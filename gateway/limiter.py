@@ -55,7 +55,10 @@ class Decision:
 
 class Limiter(Protocol):
     async def hit(self, windows: Sequence[Window], cost: int = 1) -> Decision:
-        """Admit and count `cost` requests in every window if every window allows it."""
+        """Admit and count `cost` requests in every window if every window allows it.
+
+        ``cost=0`` only asks whether one more request would be admitted, counting nothing.
+        """
 
     async def close(self) -> None: ...
 
@@ -88,7 +91,7 @@ class LocalLimiter:
             rate = window.rate
             interval = rate.period_s / rate.count
             current = max(tat.get(window, now), now)
-            new_tat = current + interval * cost
+            new_tat = current + interval * (cost or 1)
             allow_at = new_tat - rate.period_s
             if allow_at > now:
                 retry_after = max(retry_after, allow_at - now)
@@ -100,6 +103,8 @@ class LocalLimiter:
             new_tats.append(new_tat)
         if retry_after > 0:
             return Decision(False, tuple(states), retry_after)
+        if cost == 0:
+            return Decision(True, tuple(states))
         for window, new_tat in zip(windows, new_tats, strict=True):
             tat[window] = new_tat
         return Decision(True, tuple(states))

@@ -105,6 +105,51 @@ class Metrics:
             ["route_class", "result"],
             registry=r,
         )
+        self.query_rows = Counter(
+            "tollway_query_rows",
+            "Rows answered by data queries, by backend.",
+            ["backend"],
+            registry=r,
+        )
+        self.query_refusals = Counter(
+            "tollway_query_refusals",
+            "Queries refused before reaching a backend, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.redis_fallback = Gauge(
+            "tollway_redis_fallback_active",
+            "1 while Redis is unavailable and limits and cache run in this process.",
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "tollway_redis_errors", "Redis calls that failed or timed out.", registry=r
+        )
+        self.limiter_decisions = Counter(
+            "tollway_limiter_decisions",
+            "Limit decisions by where they were made (redis, local).",
+            ["backend"],
+            registry=r,
+        )
+        self.cache_hit_seconds = Histogram(
+            "tollway_cache_hit_seconds",
+            "Time to answer from the cache, by route class.",
+            ["route_class"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+            registry=r,
+        )
+        self.cache_joins = Counter(
+            "tollway_cache_singleflight_joins",
+            "Requests that waited for an identical request's answer instead of calling.",
+            ["route_class"],
+            registry=r,
+        )
+        self.cache_entries = Gauge(
+            "tollway_cache_entries", "Entries in the in-process cache.", registry=r
+        )
+        self.cache_bytes = Gauge(
+            "tollway_cache_bytes", "Bytes held by the in-process cache.", registry=r
+        )
         self.tokens = Counter(
             "tollway_tokens",
             "LLM tokens by key id, model and direction (in, out).",

@@ -42,9 +42,9 @@ async def serve(
         # A client that hangs up cancels its handler, so an upstream call or stream made
         # on its behalf stops at once instead of burning the provider's tokens.
         handler_cancellation=True,
-        max_line_size=8190,
-        max_field_size=8190,
-        max_headers=100,
+        max_line_size=server.max_url_bytes,
+        max_field_size=server.max_header_bytes,
+        max_headers=server.max_headers,
     )
     await runner.setup()
     stop = asyncio.Event()

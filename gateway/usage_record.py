@@ -7,9 +7,10 @@ log, metrics and (later) the usage store.
 
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass
 
-__all__ = ["RequestUsage"]
+__all__ = ["RequestUsage", "current_usage"]
 
 
 @dataclass(slots=True)
@@ -23,3 +24,10 @@ class RequestUsage:
     cache_hit: bool = False
     upstream_s: float = 0.0
     """Time spent waiting on the backend, for Server-Timing and the slow-request log."""
+
+
+current_usage: contextvars.ContextVar[RequestUsage | None] = contextvars.ContextVar(
+    "tollway_usage", default=None
+)
+"""The usage record of the request being served, for code that is not handed it (the
+guard adds the time spent waiting on backends)."""

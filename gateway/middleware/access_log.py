@@ -7,11 +7,12 @@ import logging
 import time
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
-from gateway.appkeys import metrics_key, principal_key, usage_key
+from gateway.appkeys import metrics_key, principal_key, started_key, usage_key
+from gateway.client_ip import request_ip
 from gateway.logs import log_context
-from gateway.usage_record import RequestUsage
+from gateway.usage_record import RequestUsage, current_usage
 
 __all__ = ["access_log_middleware", "route_label"]
 
@@ -24,13 +25,23 @@ def route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-@web.middleware
-async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def access_log_middleware(slow_request_s: float) -> Middleware:
+    @web.middleware
+    async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await _served(request, handler, slow_request_s)
+
+    return access_log
+
+
+async def _served(
+    request: web.Request, handler: Handler, slow_request_s: float
+) -> web.StreamResponse:
     metrics = request.app[metrics_key]
-    started = time.perf_counter()
+    started = request[started_key] = time.perf_counter()
     status = 500
     response: web.StreamResponse | None = None
     usage = request[usage_key] = RequestUsage()
+    current_usage.set(usage)
     metrics.in_flight.inc()
     try:
         response = await handler(request)
@@ -62,9 +73,21 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
                 "tokens_out": usage.tokens_out,
                 "latency_ms": round(elapsed * 1000, 3),
                 "bytes_out": _bytes_out(response),
-                "client_ip": request.remote,
+                "client_ip": request_ip(request),
             },
         )
+        if elapsed >= slow_request_s:
+            _log.warning(
+                "slow request",
+                extra={
+                    "request_id": context.get("request_id"),
+                    "route": route,
+                    "status": status,
+                    "backend": usage.backend,
+                    "latency_ms": round(elapsed * 1000, 3),
+                    "upstream_ms": round(usage.upstream_s * 1000, 3),
+                },
+            )
 
 
 def _bytes_out(response: web.StreamResponse | None) -> int:

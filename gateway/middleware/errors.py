@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.appkeys import request_id_key, route_specs_key
+from gateway.appkeys import error_tracker_key, principal_key, request_id_key, route_specs_key
 from gateway.errors import (
     BadRequest,
     MethodNotAllowed,
@@ -18,6 +18,7 @@ from gateway.errors import (
     PayloadTooLarge,
     TollwayError,
 )
+from gateway.middleware.access_log import route_label
 from gateway.routing import RouteSpec
 
 __all__ = ["error_response", "errors_middleware", "route_spec"]
@@ -90,8 +91,17 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _answer(request, from_http_exception(exc))
     except asyncio.CancelledError:
         raise
-    except Exception:
+    except Exception as exc:
         _log.exception("unhandled error")
+        principal = request.get(principal_key)
+        request.app[error_tracker_key].capture(
+            exc,
+            tags={
+                "request_id": request.get(request_id_key),
+                "route": route_label(request),
+                "key_id": principal.key_id if principal is not None else None,
+            },
+        )
         return _answer(request, TollwayError("internal error; the request id identifies it"))
 
 

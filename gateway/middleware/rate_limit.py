@@ -18,9 +18,10 @@ from gateway.appkeys import (
     principal_key,
     route_spec_key,
 )
+from gateway.client_ip import request_ip
 from gateway.config import LimitsConfig
 from gateway.errors import RateLimited
-from gateway.limiter import Window
+from gateway.limiter import Decision, Window
 from gateway.principal import Principal
 
 __all__ = ["rate_limit_middleware"]
@@ -45,19 +46,37 @@ def rate_limit_middleware(config: LimitsConfig) -> Middleware:
             cache[(principal, route_class)] = found
         return found
 
+    ip_rates = config.per_ip_authenticated
+    ip_cache: dict[str, tuple[Window, ...]] = {}
+
+    def ip_windows(ip: str) -> tuple[Window, ...]:
+        found = ip_cache.get(ip)
+        if found is None:
+            if len(ip_cache) > 100_000:
+                ip_cache.clear()
+            found = ip_cache[ip] = tuple(Window(f"ip-auth:{ip}", r) for r in ip_rates)
+        return found
+
     @web.middleware
     async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
         principal = request.get(principal_key)
         spec = request.get(route_spec_key)
         if principal is None or spec is None or not spec.limited:
             return await handler(request)
-        windows = windows_for(principal, spec.route_class)
+        key_windows = windows_for(principal, spec.route_class)
+        windows = key_windows + ip_windows(request_ip(request)) if ip_rates else key_windows
         if not windows:
             return await handler(request)
         decision = await request.app[limiter_key].hit(windows)
+        if decision.allowed and key_windows and len(windows) > len(key_windows):
+            # The headers describe the key's own limits; the address's ceiling shows
+            # only when it is what refuses.
+            decision = Decision(True, decision.windows[: len(key_windows)])
         request[limit_decision_key] = decision
         if not decision.allowed:
-            request.app[metrics_key].limit_rejections.labels("key", spec.route_class).inc()
+            refused_by_key = any(w.remaining == 0 for w in decision.windows[: len(key_windows)])
+            limit = "key" if refused_by_key else "ip"
+            request.app[metrics_key].limit_rejections.labels(limit, spec.route_class).inc()
             raise RateLimited(
                 f"rate limit exceeded ({decision.tightest.rate.text}); retry later",
                 retry_after=decision.retry_after_s,

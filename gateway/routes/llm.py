@@ -26,10 +26,13 @@ from gateway.appkeys import (
     metrics_key,
     principal_key,
     request_id_key,
+    response_cache_key,
     state_key,
     usage_key,
 )
 from gateway.body import read_json
+from gateway.cache import CacheEntry, cache_key, canonical_body
+from gateway.caching import cached
 from gateway.errors import (
     BackendError,
     BackendUnavailable,
@@ -155,8 +158,20 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false", param="stream")
+    parts = (targets[0].name, targets[0].guard.name, canonical_body(body))
     if stream:
-        return await _stream_chat(request, body, targets)
+        cache = request.app[response_cache_key]
+        if not cache.enabled_for("chat"):
+            return await _stream_chat(request, body, targets, None)
+        key = cache_key(request[principal_key].tenant, "chat", *parts)
+        produce = partial(_stream_chat, request, body, targets, key)
+        return await cache.serve(request, "chat", key, produce, storable=lambda _: None)
+    return await cached(request, "chat", parts, partial(_chat_answer, request, body, targets))
+
+
+async def _chat_answer(
+    request: web.Request, body: dict[str, Any], targets: list[Target]
+) -> web.Response:
     ctx = _context(request)
 
     async def chat(target: Target) -> JSONResponse:
@@ -171,10 +186,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return _answer(answer, target)
 
 
-async def embeddings(request: web.Request) -> web.Response:
+async def embeddings(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     targets = request.app[llm_router_key].targets(request[principal_key], body.get("model"))
     _checked_body(body, "input")
+    parts = (targets[0].name, targets[0].guard.name, canonical_body(body))
+    return await cached(
+        request, "embeddings", parts, partial(_embeddings_answer, request, body, targets)
+    )
+
+
+async def _embeddings_answer(
+    request: web.Request, body: dict[str, Any], targets: list[Target]
+) -> web.Response:
     ctx = _context(request)
 
     async def embed(target: Target) -> JSONResponse:
@@ -234,8 +258,10 @@ async def _open_stream(
 
 
 async def _stream_chat(
-    request: web.Request, body: dict[str, Any], targets: list[Target]
+    request: web.Request, body: dict[str, Any], targets: list[Target], cache_as: str | None
 ) -> web.StreamResponse:
+    """Relay the stream; with `cache_as`, store it once it completed (``[DONE]`` after a
+    finish reason, no failure) so a later identical request replays it."""
     started = time.perf_counter()
     options = body.get("stream_options")
     client_asked_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -250,12 +276,15 @@ async def _stream_chat(
                 "X-Tollway-Backend": target.guard.name,
             }
         )
+        if cache_as is not None:
+            response.headers["X-Cache"] = "MISS"
         await response.prepare(request)
         request.app[metrics_key].time_to_first_token.labels(target.guard.name).observe(
             time.perf_counter() - started
         )
         state = StreamState(strip_usage=not client_asked_usage)
-        failure = await _relay(response, events, first, state)
+        sent: list[bytes] | None = [] if cache_as is not None else None
+        failure = await _relay(response, events, first, state, sent)
         if failure is not None:
             _log.warning(
                 "stream failed", extra={"backend": target.guard.name, "error": failure.code}
@@ -265,6 +294,10 @@ async def _stream_chat(
         if state.done:
             await _drain(events)
     _record(request, target, time.perf_counter() - started, *state.tokens())
+    if cache_as is not None and sent is not None and failure is None:
+        if state.finished and state.done:
+            entry = CacheEntry(200, "text/event-stream", b"".join(sent), time.time())
+            await request.app[response_cache_key].store(cache_as, entry)
     return response
 
 
@@ -273,9 +306,11 @@ async def _relay(
     events: AsyncIterator[list[bytes]],
     first: list[bytes],
     state: StreamState,
+    sent: list[bytes] | None,
 ) -> BackendError | None:
     """Send events until ``[DONE]`` or the end; the failure to report in-band, if any.
-    The events of one upstream read go out in one write."""
+    The events of one upstream read go out in one write; with `sent`, every frame sent
+    is kept there too."""
     batch = first
     frames: list[bytes] = []
     try:
@@ -286,8 +321,12 @@ async def _relay(
                     frames.append(frame)
                 if state.done or state.failed:
                     break
-            if frames and not await _write(response, b"".join(frames)):
-                return None  # the client went away; closing `events` stops the upstream
+            if frames:
+                if not await _write(response, b"".join(frames)):
+                    state.done = False  # the client went away: closing `events` stops upstream
+                    return None
+                if sent is not None:
+                    sent.extend(frames)
             frames = []
             if state.done or state.failed:
                 break
@@ -298,6 +337,9 @@ async def _relay(
                 "the upstream ended the stream before the answer was complete"
             )
         await _write(response, DONE_FRAME)  # complete, but the upstream forgot [DONE]
+        if sent is not None:
+            sent.append(DONE_FRAME)
+        state.done = True
         return None
     except MalformedEvent as exc:
         if frames:

@@ -4,6 +4,7 @@ Tavily SDKs work with ``api_base_url`` at Tollway. Errors carry Tavily's
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -11,6 +12,8 @@ from aiohttp import web
 from backends.base import CallContext, JSONResponse
 from gateway.appkeys import principal_key, request_id_key, usage_key
 from gateway.body import read_json
+from gateway.cache import canonical_body
+from gateway.caching import cached
 from gateway.errors import BadRequest, NotFound
 from gateway.guard import Guard
 from gateway.registry import backends_key
@@ -56,10 +59,17 @@ def _check_extract(body: dict[str, Any]) -> None:
         raise BadRequest("every URL in 'urls' must be http or https", param="urls")
 
 
-async def _proxy(request: web.Request, operation: str) -> web.Response:
+async def _proxy(request: web.Request, operation: str) -> web.StreamResponse:
     body = await read_json(request)
     (_check_search if operation == "search" else _check_extract)(body)
     guard = _search_backend(request)
+    parts = (guard.name, operation, canonical_body(body))
+    return await cached(request, "search", parts, partial(_answer, request, operation, body, guard))
+
+
+async def _answer(
+    request: web.Request, operation: str, body: dict[str, Any], guard: Guard[Any]
+) -> web.Response:
     ctx = CallContext(request[request_id_key], request[principal_key].tenant)
     call = getattr(guard.backend, operation)
 
@@ -79,11 +89,11 @@ async def _proxy(request: web.Request, operation: str) -> web.Response:
     )
 
 
-async def search(request: web.Request) -> web.Response:
+async def search(request: web.Request) -> web.StreamResponse:
     return await _proxy(request, "search")
 
 
-async def extract(request: web.Request) -> web.Response:
+async def extract(request: web.Request) -> web.StreamResponse:
     return await _proxy(request, "extract")
 
 

@@ -1,0 +1,169 @@
+"""Embedded DuckDB, opened so that no query can reach the host.
+
+External access (files, network, extensions) is off and the configuration locked before
+the first query; a file database opens read-only unless it is being created. Queries
+run on a small thread pool, one cursor each, and are interrupted when they run out of
+time or their caller goes away.
+
+Options: ``path`` (a file, or ``:memory:``), ``threads`` (queries at once, default 4),
+``memory_limit`` (e.g. ``"1GB"``), ``demo`` (true: create the demo warehouse in memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from backends.base import (
+    Backend,
+    BackendKind,
+    CallContext,
+    Column,
+    Health,
+    OptionError,
+    QueryResult,
+)
+from backends.demo_warehouse import create_demo_tables
+from gateway.errors import BackendTimeout, BackendUnavailable, BadRequest
+
+__all__ = ["DuckDBBackend", "create"]
+
+_OWN_OPTIONS = frozenset({"path", "threads", "memory_limit", "demo"})
+
+
+def create(
+    name: str, options: Mapping[str, Any], *, timeout_s: float, connect_timeout_s: float
+) -> Backend:
+    unknown = sorted(set(options) - _OWN_OPTIONS)
+    if unknown:
+        raise OptionError(unknown[0], "unknown option for a duckdb backend")
+    path = options.get("path", ":memory:")
+    if not isinstance(path, str) or not path:
+        raise OptionError("path", "expected a file path or :memory:")
+    threads = options.get("threads", 4)
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64:
+        raise OptionError("threads", "expected a whole number from 1 to 64")
+    memory_limit = options.get("memory_limit")
+    if memory_limit is not None and not isinstance(memory_limit, str):
+        raise OptionError("memory_limit", 'expected a size such as "1GB"')
+    demo = options.get("demo", False)
+    if not isinstance(demo, bool):
+        raise OptionError("demo", "expected true or false")
+    if demo and path != ":memory:":
+        raise OptionError("demo", "the demo warehouse lives in memory; leave path unset")
+    return DuckDBBackend(name, path, threads=threads, memory_limit=memory_limit, demo=demo)
+
+
+class DuckDBBackend:
+    kind: BackendKind = "sql"
+    dialect = "duckdb"
+
+    def __init__(
+        self, name: str, path: str, *, threads: int, memory_limit: str | None, demo: bool
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.threads = threads
+        self.memory_limit = memory_limit
+        self.demo = demo
+        self._connection: duckdb.DuckDBPyConnection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix=f"duckdb-{self.name}")
+        loop = asyncio.get_running_loop()
+        self._connection = await loop.run_in_executor(self._executor, self._open)
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        in_memory = self.path == ":memory:"
+        read_only = not in_memory and Path(self.path).exists()
+        config: dict[str, Any] = {
+            "enable_external_access": False,
+            "threads": self.threads,
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+        }
+        if self.memory_limit:
+            config["memory_limit"] = self.memory_limit
+        try:
+            connection = duckdb.connect(self.path, read_only=read_only, config=config)
+        except duckdb.Error as exc:
+            raise BackendUnavailable(
+                f"backend {self.name!r} could not open its database: {type(exc).__name__}",
+                backend=self.name,
+            ) from None
+        if self.demo:
+            create_demo_tables(connection)
+        # DuckDB shares one database per file within a process: a second backend on the
+        # same file finds it locked already.
+        locked = connection.execute("SELECT current_setting('lock_configuration')").fetchone()
+        if not (locked and locked[0]):
+            connection.execute("SET lock_configuration = true")
+        return connection
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            self._connection.interrupt()
+            self._connection.close()
+            self._connection = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def health(self) -> Health:
+        started = time.perf_counter()
+        try:
+            await self.query("SELECT 1", (), CallContext("health", "-"), timeout_s=2.0)
+        except Exception as exc:  # noqa: BLE001 - any failure means not healthy
+            return Health(False, type(exc).__name__, time.perf_counter() - started)
+        return Health(True, "", time.perf_counter() - started)
+
+    async def query(
+        self, sql: str, params: Sequence[Any], ctx: CallContext, *, timeout_s: float
+    ) -> QueryResult:
+        if self._connection is None or self._executor is None:
+            raise BackendUnavailable(f"backend {self.name!r} is not started", backend=self.name)
+        cursor = self._connection.cursor()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, _run, cursor, sql, list(params))
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            cursor.interrupt()
+            raise BackendTimeout(
+                f"the query ran longer than {timeout_s:g}s and was stopped", backend=self.name
+            ) from None
+        except asyncio.CancelledError:
+            cursor.interrupt()  # the caller is gone: stop the work it asked for
+            raise
+        except duckdb.InterruptException:
+            raise BackendTimeout("the query was interrupted", backend=self.name) from None
+        except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException,
+                duckdb.ConversionException, duckdb.InvalidInputException,
+                duckdb.PermissionException, duckdb.NotImplementedException) as exc:  # fmt: skip
+            raise BadRequest(_message(exc), code="query_error", param="sql") from None
+        except duckdb.Error as exc:
+            raise BackendUnavailable(
+                f"backend {self.name!r} failed: {type(exc).__name__}", backend=self.name
+            ) from None
+        finally:
+            future.add_done_callback(lambda _: cursor.close())
+
+
+def _run(cursor: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> QueryResult:
+    cursor.execute(sql, params)
+    description = cursor.description or []
+    columns = [Column(str(d[0]), str(d[1])) for d in description]
+    return QueryResult(columns, cursor.fetchall())
+
+
+def _message(exc: duckdb.Error) -> str:
+    text = str(exc).split("\n", 1)[0]
+    return text[:300]

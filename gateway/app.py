@@ -49,8 +49,9 @@ from gateway.middleware.rate_limit import rate_limit_middleware
 from gateway.middleware.request_id import request_id_middleware
 from gateway.redis_limiter import RedisLimiter
 from gateway.redis_state import RedisHealth, SharedRedis
-from gateway.routes import data, health, llm, metrics, openapi, search
+from gateway.routes import admin, data, health, llm, metrics, openapi, search
 from gateway.routing import RouteDef
+from gateway.state.service import state_context
 from gateway.tasks import BackgroundTasks
 
 __all__ = ["create_app"]
@@ -100,6 +101,7 @@ def create_app(config: Config) -> web.Application:
         *llm.routes(),
         *search.routes(),
         *data.routes(),
+        *admin.routes(),
     ]
     route_defs += openapi.routes(route_defs)
     add_routes(app, route_defs)
@@ -109,6 +111,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(background_tasks)
     app.cleanup_ctx.append(loop_lag_probe)
     app.cleanup_ctx.append(backends_context)
+    app.cleanup_ctx.append(state_context)
     app.cleanup_ctx.append(mark_started)
     app.on_cleanup.append(_close_error_tracker)
     llm.setup(app)

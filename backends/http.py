@@ -162,6 +162,10 @@ async def raise_for_upstream(backend: str, response: aiohttp.ClientResponse) -> 
         body=raw,
         backend=backend,
         retry_after=retry_after_s(response.headers),
+        # the same request will be refused again: tell the SDKs not to retry it
+        should_retry=False
+        if response.status < 500 and response.status not in (408, 409, 429)
+        else None,
     )
 
 

@@ -42,7 +42,10 @@ class ModelRouter:
         primary = self._target(model)
         if not principal.may_use_model(model) and not self._wildcard_allows(principal, model):
             raise Forbidden(
-                f"this key may not use the model {model!r}", code="model_not_allowed", param="model"
+                f"this key may not use the model {model!r}",
+                code="model_not_allowed",
+                param="model",
+                should_retry=False,
             )
         found = [primary]
         entry = self._config.models.get(model)
@@ -72,6 +75,7 @@ class ModelRouter:
             f"the model {model!r} does not exist or is not served here",
             code="model_not_found",
             param="model",
+            should_retry=False,
         )
 
     def _is_kind(self, backend: str) -> bool:

@@ -100,6 +100,18 @@ async def test_chat_through_the_openai_sdk_swaps_keys_and_forwards_the_request_i
     assert 'tollway_tokens_total{direction="out",key_id="app-1",model="gpt-4o-mini"} 7.0' in text
 
 
+async def test_the_access_log_line_names_backend_model_and_tokens(
+    tollway: Tollway, fake: FakeProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await tollway()
+    fake.script("chat", "500")  # served by the fallback: the line names that one
+    with caplog.at_level("INFO", logger="tollway.access"):
+        await sdk(client).chat.completions.create(model="gpt-4o-mini", messages=HI)
+    (line,) = [r for r in caplog.records if r.name == "tollway.access"]
+    assert (line.backend, line.model) == ("groq", "llama-3.1-8b-instant")  # type: ignore[attr-defined]
+    assert (line.tokens_in, line.tokens_out) == (5, 7)  # type: ignore[attr-defined]
+
+
 async def test_sync_sdk_embeddings_and_models(tollway: Tollway, fake: FakeProvider) -> None:
     client = await tollway()
     url = str(client.make_url("/v1"))
@@ -229,6 +241,7 @@ async def test_unknown_model_is_404_and_a_key_limited_to_models_gets_403(
     with pytest.raises(openai.PermissionDeniedError) as denied:
         await narrow.chat.completions.create(model="gpt-4o-mini", messages=HI)
     assert denied.value.code == "model_not_allowed"
+    assert denied.value.response.headers["x-should-retry"] == "false"
     models = await narrow.models.list()
     assert [m.id for m in models.data] == ["solo"]
     done = await narrow.chat.completions.create(model="groq/llama-3.3-70b", messages=HI)
@@ -284,6 +297,7 @@ async def test_upstream_400_keeps_its_code_and_is_neither_retried_nor_failed_ove
         await sdk(client).chat.completions.create(model="gpt-4o-mini", messages=HI)
     assert raised.value.code == "context_length_exceeded"
     assert raised.value.param == "messages"
+    assert raised.value.response.headers["x-should-retry"] == "false"
     assert fake.hits("chat") == 1
 
 

@@ -77,6 +77,8 @@ async def _served(
                 "status": status,
                 "backend": usage.backend,
                 "model": usage.model,
+                "tokens_in": usage.tokens_in,
+                "tokens_out": usage.tokens_out,
                 "latency_ms": round(elapsed * 1000, 3),
                 "bytes_out": _bytes_out(response),
                 "client_ip": request_ip(request),

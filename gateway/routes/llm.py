@@ -98,8 +98,11 @@ async def first_that_answers(
     raise AssertionError("unreachable: targets is never empty")
 
 
-def _record(request: web.Request, target: Target, tokens_in: int, tokens_out: int) -> None:
+def _record(
+    request: web.Request, target: Target, upstream_s: float, tokens_in: int, tokens_out: int
+) -> None:
     usage = request[usage_key]
+    usage.upstream_s += upstream_s
     usage.backend = target.guard.name
     usage.model = target.name
     usage.tokens_in += tokens_in
@@ -177,8 +180,9 @@ async def _chat_answer(
         )
         return answer
 
+    started = time.perf_counter()
     answer, target = await first_that_answers(request, targets, chat)
-    _record(request, target, *_tokens_of(answer.body))
+    _record(request, target, time.perf_counter() - started, *_tokens_of(answer.body))
     return _answer(answer, target)
 
 
@@ -203,8 +207,9 @@ async def _embeddings_answer(
         )
         return answer
 
+    started = time.perf_counter()
     answer, target = await first_that_answers(request, targets, embed)
-    _record(request, target, *_tokens_of(answer.body))
+    _record(request, target, time.perf_counter() - started, *_tokens_of(answer.body))
     return _answer(answer, target)
 
 
@@ -285,8 +290,10 @@ async def _stream_chat(
                 "stream failed", extra={"backend": target.guard.name, "error": failure.code}
             )
             await _write(response, error_frame(failure, request.get(request_id_key)))
-    _record(request, target, *state.tokens())
-    await _end(response)
+        await _end(response)  # the client has its whole answer now
+        if state.done:
+            await _drain(events)
+    _record(request, target, time.perf_counter() - started, *state.tokens())
     if cache_as is not None and sent is not None and failure is None:
         if state.finished and state.done:
             entry = CacheEntry(200, "text/event-stream", b"".join(sent), time.time())
@@ -340,15 +347,18 @@ async def _relay(
         return BackendError(str(exc), code="malformed_event")
     except BackendError as error:
         return error
-    # After [DONE] the upstream closes at once; give it a moment so the breaker sees a
-    # finished call, then close it ourselves.
+    return None
+
+
+async def _drain(events: AsyncIterator[list[bytes]]) -> None:
+    """After ``[DONE]`` the upstream closes at once: read to its end, so its connection
+    goes back to the pool and the breaker sees a finished call; give up after a moment."""
     try:
         async with asyncio.timeout(_DRAIN_AFTER_DONE_S):
             async for _ in events:
                 pass
     except (TimeoutError, BackendError):
         pass
-    return None
 
 
 async def _write(response: web.StreamResponse, frame: bytes) -> bool:

@@ -37,11 +37,12 @@ from gateway.error_tracking import ErrorTracker
 from gateway.headers import add_common_headers
 from gateway.keytable import KeyTable
 from gateway.lifecycle import background_tasks, loop_lag_probe, mark_started
-from gateway.limiter import LocalLimiter
+from gateway.limiter import Limiter, LocalLimiter
 from gateway.metrics import Metrics
 from gateway.middleware.access_log import access_log_middleware
 from gateway.middleware.auth import auth_middleware
 from gateway.middleware.body_limit import body_limit_middleware
+from gateway.middleware.budget import budget_middleware
 from gateway.middleware.compression import compression_middleware
 from gateway.middleware.errors import errors_middleware
 from gateway.middleware.ip_limit import ip_limit_middleware
@@ -72,6 +73,7 @@ def create_app(config: Config) -> web.Application:
             ip_limit_middleware(config.limits),
             auth_middleware,
             rate_limit_middleware(config.limits),
+            budget_middleware,
         ],
         client_max_size=config.server.max_body_bytes,
     )
@@ -87,7 +89,8 @@ def create_app(config: Config) -> web.Application:
         else None
     )
     app[shared_redis_key] = redis
-    app[limiter_key] = RedisLimiter(redis, app[metrics_key]) if redis else LocalLimiter()
+    limiter: Limiter = RedisLimiter(redis, app[metrics_key]) if redis else LocalLimiter()
+    app[limiter_key] = limiter
     app[response_cache_key] = ResponseCache(config.cache, app[metrics_key], redis)
     if redis is not None:
         app[health_sources_key].append(RedisHealth(redis))

@@ -16,9 +16,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
+from gateway.keyhash import hash_key
 from gateway.state.service import state_service_key
-from tests.conftest import ADMIN_KEY, USER_KEY, make_config, skip_or_fail
+from tests.conftest import ADMIN_KEY, USER_KEY, base_config_data, make_config, skip_or_fail
 from tests.fake_providers import UPSTREAM_KEY, FakeProvider
+from tests.test_cache import REDIS_URL
+from tests.test_cache import redis_prefix as redis_prefix  # noqa: F401 - a fixture
 from tests.test_data import throwaway_cluster as throwaway_cluster  # noqa: F401 - a fixture
 
 POSTGRES_DSN = os.environ.get(
@@ -266,3 +269,29 @@ async def test_the_store_stopped_mid_run_loses_no_usage(
         "SELECT count(*), sum(tokens_in) FROM tollway_usage WHERE key_id = ?", ("app-1",)
     )
     assert rows[0][0] == 20 and rows[0][1] == 20 * 5
+
+
+@pytest.mark.parametrize("shared", [False, True])
+async def test_token_budget_refuses_once_spent(
+    start: Start, tmp_path: Path, shared: bool, redis_prefix: str
+) -> None:
+    budget_key = "tw_budgeted-0123456789abcdefghijkl"
+    keys = [
+        {"id": "budgeted", "hash": hash_key(budget_key), "tenant": "acme", "scopes": ["llm"],
+         "budget": {"tokens": ["20/day"]}}
+    ]  # fmt: skip
+    extra: dict[str, Any] = {"keys": keys + base_config_data()["keys"]}
+    if shared:
+        extra |= {"redis": REDIS_URL, "redis_prefix": redis_prefix}
+    one = await start(f"sqlite:///{tmp_path / 's.db'}", **extra)
+    two = await start(f"sqlite:///{tmp_path / 's.db'}", **extra) if shared else one
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+    headers = {"Authorization": f"Bearer {budget_key}"}
+    assert (await one.post("/v1/chat/completions", json=body, headers=headers)).status == 200
+    assert (await two.post("/v1/chat/completions", json=body, headers=headers)).status == 200
+    refused = await one.post("/v1/chat/completions", json=body, headers=headers)
+    assert refused.status == 429
+    assert (await refused.json())["error"]["code"] == "budget_exceeded"
+    assert int(refused.headers["Retry-After"]) > 3600
+    other = {"Authorization": f"Bearer {USER_KEY}"}
+    assert (await one.post("/v1/chat/completions", json=body, headers=other)).status == 200

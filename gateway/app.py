@@ -37,11 +37,12 @@ from gateway.error_tracking import ErrorTracker
 from gateway.headers import add_common_headers
 from gateway.keytable import KeyTable
 from gateway.lifecycle import background_tasks, loop_lag_probe, mark_started
-from gateway.limiter import LocalLimiter
+from gateway.limiter import Limiter, LocalLimiter
 from gateway.metrics import Metrics
 from gateway.middleware.access_log import access_log_middleware
 from gateway.middleware.auth import auth_middleware
 from gateway.middleware.body_limit import body_limit_middleware
+from gateway.middleware.budget import budget_middleware
 from gateway.middleware.compression import compression_middleware
 from gateway.middleware.errors import errors_middleware
 from gateway.middleware.ip_limit import ip_limit_middleware
@@ -49,8 +50,9 @@ from gateway.middleware.rate_limit import rate_limit_middleware
 from gateway.middleware.request_id import request_id_middleware
 from gateway.redis_limiter import RedisLimiter
 from gateway.redis_state import RedisHealth, SharedRedis
-from gateway.routes import data, health, llm, metrics, openapi, search
+from gateway.routes import admin, data, health, llm, metrics, openapi, search
 from gateway.routing import RouteDef
+from gateway.state.service import state_context
 from gateway.tasks import BackgroundTasks
 
 __all__ = ["create_app"]
@@ -71,6 +73,7 @@ def create_app(config: Config) -> web.Application:
             ip_limit_middleware(config.limits),
             auth_middleware,
             rate_limit_middleware(config.limits),
+            budget_middleware,
         ],
         client_max_size=config.server.max_body_bytes,
     )
@@ -86,7 +89,8 @@ def create_app(config: Config) -> web.Application:
         else None
     )
     app[shared_redis_key] = redis
-    app[limiter_key] = RedisLimiter(redis, app[metrics_key]) if redis else LocalLimiter()
+    limiter: Limiter = RedisLimiter(redis, app[metrics_key]) if redis else LocalLimiter()
+    app[limiter_key] = limiter
     app[response_cache_key] = ResponseCache(config.cache, app[metrics_key], redis)
     if redis is not None:
         app[health_sources_key].append(RedisHealth(redis))
@@ -100,6 +104,7 @@ def create_app(config: Config) -> web.Application:
         *llm.routes(),
         *search.routes(),
         *data.routes(),
+        *admin.routes(),
     ]
     route_defs += openapi.routes(route_defs)
     add_routes(app, route_defs)
@@ -109,6 +114,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(background_tasks)
     app.cleanup_ctx.append(loop_lag_probe)
     app.cleanup_ctx.append(backends_context)
+    app.cleanup_ctx.append(state_context)
     app.cleanup_ctx.append(mark_started)
     app.on_cleanup.append(_close_error_tracker)
     llm.setup(app)

@@ -173,6 +173,8 @@ class Config:
     state: str = DEFAULT_STATE
     redis: str | None = None
     redis_prefix: str = "tollway:"
+    state_spill_dir: str = "./tollway-spill"
+    """Where usage and audit records wait on disk while the state store is away."""
     """Every Redis key Tollway writes starts with this (several deployments, one Redis)."""
     secret_keys: tuple[str, ...] = ()
     backends: Mapping[str, BackendConfig] = field(default_factory=dict)
@@ -230,6 +232,7 @@ def parse_config(data: Any, *, env: Mapping[str, str], source: str) -> Config:
         state=root.string("state", DEFAULT_STATE),
         redis=root.string("redis", None),
         redis_prefix=root.string("redis_prefix", "tollway:"),
+        state_spill_dir=root.string("state_spill_dir", "./tollway-spill"),
         secret_keys=tuple(k for k in env.get("TOLLWAY_SECRET_KEY", "").split(",") if k.strip()),
         backends=MappingProxyType(backends),
         models=MappingProxyType(models),

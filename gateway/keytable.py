@@ -33,17 +33,34 @@ def principal_from_config(key: KeyConfig) -> Principal:
 class KeyTable:
     """Digest → principal. Replaced whole, read without locks."""
 
-    __slots__ = ("_by_digest",)
+    __slots__ = ("_by_digest", "_refused")
 
     def __init__(self, entries: Mapping[str, Principal] | None = None) -> None:
         self._by_digest: Mapping[str, Principal] = dict(entries or {})
+        self._refused: Mapping[str, tuple[str, str]] = {}
 
     @classmethod
     def from_config(cls, keys: Iterable[KeyConfig]) -> KeyTable:
         return cls({k.hash.removeprefix("sha256:"): principal_from_config(k) for k in keys})
 
-    def replace(self, entries: Mapping[str, Principal]) -> None:
+    def replace(
+        self, entries: Mapping[str, Principal], refused: Mapping[str, tuple[str, str]] | None = None
+    ) -> None:
+        """New contents; `refused` maps digests of revoked keys to (key id, reason)."""
         self._by_digest = dict(entries)
+        self._refused = dict(refused or {})
+
+    def why_refused(self, key: str, now: float | None = None) -> tuple[str | None, str]:
+        """For an audit line: the key id (when known) and why `key` was refused."""
+        digest = key_digest(key)
+        known = self._by_digest.get(digest)
+        if known is not None and known.expires_at is not None:
+            if (now or time.time()) >= known.expires_at:
+                return known.key_id, "expired"
+        found = self._refused.get(digest)
+        if found is not None:
+            return found
+        return None, "unknown"
 
     def __len__(self) -> int:
         return len(self._by_digest)

@@ -60,6 +60,9 @@ class Limiter(Protocol):
         ``cost=0`` only asks whether one more request would be admitted, counting nothing.
         """
 
+    async def charge(self, windows: Sequence[Window], cost: int) -> None:
+        """Count `cost` in every window even past its limit (spent tokens are spent)."""
+
     async def close(self) -> None: ...
 
 
@@ -108,6 +111,15 @@ class LocalLimiter:
         for window, new_tat in zip(windows, new_tats, strict=True):
             tat[window] = new_tat
         return Decision(True, tuple(states))
+
+    async def charge(self, windows: Sequence[Window], cost: int) -> None:
+        self.charge_now(windows, cost)
+
+    def charge_now(self, windows: Sequence[Window], cost: int) -> None:
+        now = self._clock()
+        for window in windows:
+            interval = window.rate.period_s / window.rate.count
+            self._tat[window] = max(self._tat.get(window, now), now) + interval * cost
 
     def _sweep(self, now: float) -> None:
         """Forget windows that are full again: they hold nothing a new entry would not."""

@@ -150,6 +150,17 @@ class Metrics:
         self.cache_bytes = Gauge(
             "tollway_cache_bytes", "Bytes held by the in-process cache.", registry=r
         )
+        self.usage_spilled = Counter(
+            "tollway_usage_spilled",
+            "Usage records written to the local spill file while the state store was away.",
+            registry=r,
+        )
+        self.usage_buffered = Gauge(
+            "tollway_usage_buffered", "Usage records waiting to be written.", registry=r
+        )
+        self.budget_rejections = Counter(
+            "tollway_budget_rejections", "Requests refused for a spent token budget.", registry=r
+        )
         self.tokens = Counter(
             "tollway_tokens",
             "LLM tokens by key id, model and direction (in, out).",

@@ -71,6 +71,22 @@ return out
 """
 
 
+# KEYS: one per window. ARGV: cost, then (period_ms, count) per window. Counts always.
+_CHARGE: Final = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local cost = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i]) / tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + interval * cost
+  redis.call('SET', key, tostring(new_tat), 'PX', math.max(1, math.ceil(new_tat - now)))
+end
+return 1
+"""
+
+
 class RedisLimiter:
     """The `Limiter` interface, cluster-wide through Redis, local while Redis is down."""
 
@@ -78,17 +94,28 @@ class RedisLimiter:
         self._redis = redis
         self._metrics = metrics
         self._script = redis.client.register_script(_GCRA)
+        self._charge = redis.client.register_script(_CHARGE)
         self.fallback = LocalLimiter()
+
+    def _keys_and_args(self, windows: Sequence[Window], cost: int) -> tuple[list[str], list[Any]]:
+        prefix = self._redis.prefix
+        keys = [f"{prefix}rl:{w.bucket}:{w.rate.count}/{w.rate.period_s:g}" for w in windows]
+        args: list[Any] = [cost]
+        for window in windows:
+            args += [int(window.rate.period_s * 1000), window.rate.count]
+        return keys, args
+
+    async def charge(self, windows: Sequence[Window], cost: int) -> None:
+        keys, args = self._keys_and_args(windows, cost)
+        try:
+            await self._redis.run(lambda _client: self._charge(keys=keys, args=args))
+        except RedisDown:
+            self.fallback.charge_now(windows, cost)
 
     async def hit(self, windows: Sequence[Window], cost: int = 1) -> Decision:
         if not windows:
             return Decision(True, ())
-        keys = [
-            f"{self._redis.prefix}rl:{w.bucket}:{w.rate.count}/{w.rate.period_s:g}" for w in windows
-        ]
-        args: list[Any] = [cost]
-        for window in windows:
-            args += [int(window.rate.period_s * 1000), window.rate.count]
+        keys, args = self._keys_and_args(windows, cost)
         try:
             raw = await self._redis.run(lambda _client: self._script(keys=keys, args=args))
         except RedisDown:

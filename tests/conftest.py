@@ -28,6 +28,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 def base_config_data() -> dict[str, Any]:
     return {
         "server": {"host": "127.0.0.1", "port": 0},
+        "state": "sqlite:///:memory:",
         "limits": {"default": ["1000/minute", "10000/hour"]},
         "keys": [
             {"id": "admin", "hash": hash_key(ADMIN_KEY), "tenant": "ops", "scopes": ["admin"]},

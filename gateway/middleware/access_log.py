@@ -9,9 +9,17 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from gateway.appkeys import metrics_key, principal_key, started_key, usage_key
+from gateway.appkeys import (
+    metrics_key,
+    principal_key,
+    request_id_key,
+    route_spec_key,
+    started_key,
+    usage_key,
+)
 from gateway.client_ip import request_ip
 from gateway.logs import log_context
+from gateway.state.service import state_service_key
 from gateway.usage_record import RequestUsage, current_usage
 
 __all__ = ["access_log_middleware", "route_label"]
@@ -76,6 +84,10 @@ async def _served(
                 "client_ip": request_ip(request),
             },
         )
+        if principal is not None:
+            _record_usage(
+                request, principal.key_id, principal.tenant, route, status, elapsed, response
+            )
         if elapsed >= slow_request_s:
             _log.warning(
                 "slow request",
@@ -95,3 +107,41 @@ def _bytes_out(response: web.StreamResponse | None) -> int:
         return 0
     # A plain Response is written after the middlewares return: its length is declared.
     return response.body_length or response.content_length or 0
+
+
+def _record_usage(
+    request: web.Request,
+    key_id: str,
+    tenant: str,
+    route: str,
+    status: int,
+    elapsed: float,
+    response: web.StreamResponse | None,
+) -> None:
+    service = request.app.get(state_service_key)
+    if service is None:
+        return
+    usage = request[usage_key]
+    spec = request.get(route_spec_key)
+    now = time.time()
+    cache_hit = response is not None and response.headers.get("X-Cache") == "HIT"
+    service.usage.add(
+        (
+            now,
+            time.strftime("%Y-%m-%d", time.gmtime(now)),
+            request.get(request_id_key),
+            key_id,
+            tenant,
+            spec.route_class if spec is not None else None,
+            route,
+            usage.backend,
+            usage.model,
+            status,
+            round(elapsed * 1000, 3),
+            usage.tokens_in,
+            usage.tokens_out,
+            usage.rows,
+            _bytes_out(response),
+            1 if cache_hit else 0,
+        )
+    )

@@ -14,10 +14,12 @@ from base64 import b64decode
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.appkeys import key_table_key, principal_key, route_spec_key
+from gateway.appkeys import key_table_key, principal_key, request_id_key, route_spec_key
+from gateway.client_ip import request_ip
 from gateway.errors import Forbidden, Unauthorized
 from gateway.logs import log_context
 from gateway.middleware.errors import route_spec
+from gateway.state.service import state_service_key
 
 __all__ = ["auth_middleware", "presented_key"]
 
@@ -56,9 +58,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     key = presented_key(request, basic=odata)
     if key is None:
         raise Unauthorized("no API key: send Authorization: Bearer <key>", headers=challenge)
-    principal = request.app[key_table_key].lookup(key)
+    table = request.app[key_table_key]
+    principal = table.lookup(key)
     if principal is None:
-        raise Unauthorized("invalid API key", headers=challenge, should_retry=False)
+        key_id, reason = table.why_refused(key)
+        _audit_refusal(request, reason, key_id)
+        message = "this API key has been revoked" if reason == "revoked" else "invalid API key"
+        if reason == "expired":
+            message = "this API key has expired"
+        raise Unauthorized(message, headers=challenge, should_retry=False)
     request[principal_key] = principal
     context = log_context.get()
     if context is not None:
@@ -66,7 +74,19 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         context["tenant"] = principal.tenant
     if spec.scope not in principal.scopes:
         _log.info("scope refused", extra={"scope": spec.scope})
+        _audit_refusal(request, "scope_refused", principal.key_id)
         raise Forbidden(
             f"this key lacks the {spec.scope!r} scope", code="scope_missing", should_retry=False
         )
     return await handler(request)
+
+
+def _audit_refusal(request: web.Request, reason: str, key_id: str | None) -> None:
+    service = request.app.get(state_service_key)
+    if service is not None:
+        service.record_refusal(
+            reason,
+            key_id=key_id,
+            request_id=request.get(request_id_key),
+            client_ip=request_ip(request),
+        )

@@ -1,0 +1,74 @@
+"""The state store's schema, as numbered migrations written once for both databases.
+
+A short migration table (``tollway_migrations``) rather than a library: the schema is
+small, the same SQL runs on SQLite and Postgres, and each migration is applied inside
+one transaction holding a lock (Postgres: an advisory lock; SQLite: ``BEGIN
+IMMEDIATE``), so replicas starting at once apply it exactly once.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["MIGRATIONS"]
+
+MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
+    (
+        1,
+        (
+            """CREATE TABLE tollway_keys (
+                id TEXT PRIMARY KEY,
+                digest TEXT NOT NULL UNIQUE,
+                previous_digest TEXT,
+                previous_valid_until DOUBLE PRECISION,
+                tenant TEXT NOT NULL,
+                scopes TEXT NOT NULL,
+                models TEXT,
+                datasets TEXT,
+                limits TEXT,
+                budget TEXT,
+                name TEXT,
+                expires_at DOUBLE PRECISION,
+                revoked_at DOUBLE PRECISION,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )""",
+            """CREATE TABLE tollway_revoked_config_keys (
+                id TEXT PRIMARY KEY,
+                revoked_at DOUBLE PRECISION NOT NULL
+            )""",
+            """CREATE TABLE tollway_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)""",
+            """INSERT INTO tollway_meta (name, value) VALUES ('keys_version', 0)""",
+            """CREATE TABLE tollway_usage (
+                at DOUBLE PRECISION NOT NULL,
+                day TEXT NOT NULL,
+                request_id TEXT,
+                key_id TEXT,
+                tenant TEXT,
+                route_class TEXT,
+                route TEXT,
+                backend TEXT,
+                model TEXT,
+                status INTEGER NOT NULL,
+                latency_ms DOUBLE PRECISION NOT NULL,
+                tokens_in BIGINT NOT NULL,
+                tokens_out BIGINT NOT NULL,
+                rows_out BIGINT NOT NULL,
+                bytes_out BIGINT NOT NULL,
+                cache_hit INTEGER NOT NULL
+            )""",
+            "CREATE INDEX tollway_usage_at ON tollway_usage (at)",
+            "CREATE INDEX tollway_usage_key_at ON tollway_usage (key_id, at)",
+            """CREATE TABLE tollway_audit (
+                at DOUBLE PRECISION NOT NULL,
+                action TEXT NOT NULL,
+                key_id TEXT,
+                actor TEXT,
+                request_id TEXT,
+                client_ip TEXT,
+                detail TEXT
+            )""",
+            "CREATE INDEX tollway_audit_at ON tollway_audit (at)",
+        ),
+    ),
+)

@@ -1,0 +1,129 @@
+"""The state store in the app: opened and migrated at start, keys kept in sync, usage
+and audit written in the background, everything flushed at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gateway.appkeys import config_key, key_table_key, metrics_key, tasks_key
+from gateway.limiter import LocalLimiter, Window
+from gateway.rates import parse_rate
+from gateway.state.keys import KeySync
+from gateway.state.store import KeyQueries, StateStore, StoreUnavailable, open_store
+from gateway.state.writer import BatchWriter
+
+__all__ = ["StateService", "state_context", "state_service_key"]
+
+_log = logging.getLogger("tollway.state")
+
+USAGE_COLUMNS = (
+    "at, day, request_id, key_id, tenant, route_class, route, backend, model, status, "
+    "latency_ms, tokens_in, tokens_out, rows_out, bytes_out, cache_hit"
+)
+AUDIT_COLUMNS = "at, action, key_id, actor, request_id, client_ip, detail"
+_REFUSALS_PER_IP = (parse_rate("20/minute"),)
+
+
+class StateService:
+    def __init__(self, store: StateStore, sync: KeySync, spill_dir: Path, metrics: Any) -> None:
+        self.store = store
+        self.sync = sync
+        self.keys = sync.queries
+        self.migrated = False
+        self._refusals = LocalLimiter()
+        self.usage = BatchWriter(
+            "usage",
+            self._insert_usage,
+            spill_dir / "usage.spill.jsonl",
+            on_spill=lambda n: metrics.usage_spilled.inc(n),
+            on_depth=lambda n: metrics.usage_buffered.set(n),
+        )
+        self.audit = BatchWriter(
+            "audit", self._insert_audit, spill_dir / "audit.spill.jsonl", interval_s=0.5
+        )
+
+    async def _insert_usage(self, rows: Sequence[Sequence[Any]]) -> None:
+        marks = ", ".join("?" * 16)
+        await self.store.execute_many(
+            f"INSERT INTO tollway_usage ({USAGE_COLUMNS}) VALUES ({marks})", rows
+        )
+
+    async def _insert_audit(self, rows: Sequence[Sequence[Any]]) -> None:
+        await self.store.execute_many(
+            f"INSERT INTO tollway_audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+        )
+
+    async def ensure_ready(self) -> None:
+        if not self.migrated:
+            await self.store.migrate()
+            self.migrated = True
+        await self.sync.refresh()
+
+    def record_audit(
+        self,
+        action: str,
+        *,
+        key_id: str | None,
+        actor: str | None,
+        request_id: str | None,
+        client_ip: str | None,
+        detail: str | None = None,
+    ) -> None:
+        self.audit.add((time.time(), action, key_id, actor, request_id, client_ip, detail))
+
+    def record_refusal(
+        self, reason: str, *, key_id: str | None, request_id: str | None, client_ip: str
+    ) -> None:
+        """A refused credential, at most 20 a minute per address (a flood fills no disk)."""
+        window = (Window(f"audit:{client_ip}", _REFUSALS_PER_IP[0]),)
+        if self._refusals.hit_now(window).allowed:
+            self.record_audit(
+                f"auth.{reason}", key_id=key_id, actor=None, request_id=request_id,
+                client_ip=client_ip,
+            )  # fmt: skip
+
+    async def keep_keys_fresh(self) -> None:
+        while not self.migrated:
+            try:
+                await self.ensure_ready()
+            except StoreUnavailable:
+                await asyncio.sleep(1.0)
+        await self.sync.run()
+
+
+state_service_key = web.AppKey("state_service", StateService)
+
+
+async def state_context(app: web.Application) -> AsyncIterator[None]:
+    config = app[config_key]
+    store = open_store(config.state)
+    sync = KeySync(config, app[key_table_key], KeyQueries(store))
+    service = StateService(store, sync, Path(config.state_spill_dir), app[metrics_key])
+    app[state_service_key] = service
+    try:
+        await service.ensure_ready()
+    except StoreUnavailable as exc:
+        _log.warning("state store unavailable at start; config keys only until it answers",
+                     extra={"error": str(exc)})  # fmt: skip
+    tasks = app[tasks_key]
+    running = [
+        tasks.start(service.keep_keys_fresh(), name="key-sync"),
+        tasks.start(service.usage.run(), name="usage-writer"),
+        tasks.start(service.audit.run(), name="audit-writer"),
+    ]
+    try:
+        yield
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        await service.usage.close()
+        await service.audit.close()
+        await store.close()

@@ -4,7 +4,9 @@ Options (beside the common backend keys): ``base_url`` (the API root including `
 default OpenAI's), ``api_key``, ``headers`` (extra static headers, e.g.
 ``OpenAI-Organization``), ``max_connections`` (pool size, default 100),
 ``first_token_timeout_s`` (a stream's first event, default 60) and ``idle_timeout_s``
-(the longest silence between a stream's events, and between any two reads, default 30).
+(the longest silence between a stream's events, and between any two reads, default 30),
+``done_drain_s`` (how long to read on after ``[DONE]`` for the upstream to end its answer,
+so the connection can be reused, default 0.5).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ __all__ = ["OpenAIBackend", "create"]
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _OWN_OPTIONS = frozenset(
     {"base_url", "api_key", "headers", "max_connections", "first_token_timeout_s",
-     "idle_timeout_s"}
+     "idle_timeout_s", "done_drain_s"}
 )  # fmt: skip
 _HEALTH_TIMEOUT_S = 3.0
 
@@ -50,6 +52,7 @@ def create(
         connect_timeout_s=connect_timeout_s,
         first_token_timeout_s=option_number(options, "first_token_timeout_s", 60.0, minimum=0.01),
         idle_timeout_s=option_number(options, "idle_timeout_s", 30.0, minimum=0.01),
+        done_drain_s=option_number(options, "done_drain_s", 0.5, minimum=0.0),
     )
 
 
@@ -64,12 +67,14 @@ class OpenAIBackend:
         connect_timeout_s: float,
         first_token_timeout_s: float,
         idle_timeout_s: float,
+        done_drain_s: float = 0.5,
     ) -> None:
         self.name = name
         self.options = options
         self.connect_timeout_s = connect_timeout_s
         self.first_token_timeout_s = first_token_timeout_s
         self.idle_timeout_s = idle_timeout_s
+        self.done_drain_s = done_drain_s
         self._session: aiohttp.ClientSession | None = None
         self._base = options.base_url
         # A request's timeout replaces the session's whole: each keeps the connect bound.

@@ -185,6 +185,8 @@ class FakeProvider:
                 )
             if mode != "no-done":
                 await response.write(b"data: [DONE]\n\n")
+            if mode == "linger":
+                await asyncio.sleep(self.hang_s)  # [DONE] sent, the answer never ends
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             self.disconnected.set()

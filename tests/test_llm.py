@@ -583,6 +583,29 @@ async def test_a_stream_that_finished_without_done_is_closed_properly(
     assert b'"error"' not in body and b'"choices":[]' not in body
 
 
+@pytest.mark.parametrize("drain_s", [0.1, 1.5])
+async def test_an_upstream_that_lingers_after_done_is_closed_after_the_drain_time(
+    tollway: Tollway, fake: FakeProvider, drain_s: float
+) -> None:
+    # (the drain also ends at the idle timeout: keep that out of the way)
+    client = await tollway({"backends": {"openai": {"done_drain_s": drain_s, "idle_timeout_s": 5}}})
+    fake.script("chat", "linger")
+    started = time.monotonic()
+    response = await client.post(
+        "/v1/chat/completions",
+        json={"model": "solo", "messages": HI, "stream": True},
+        headers={"Authorization": f"Bearer {USER_KEY}"},
+    )
+    assert (await response.read()).endswith(b"data: [DONE]\n\n")
+    assert time.monotonic() - started < 1  # the client does not wait for the drain
+    if drain_s < 1:
+        await asyncio.wait_for(fake.disconnected.wait(), 1)  # Tollway hung up
+    else:
+        await asyncio.sleep(0.7)
+        assert not fake.disconnected.is_set()  # still draining: the option is honoured
+        await asyncio.wait_for(fake.disconnected.wait(), 2)
+
+
 async def test_a_slow_first_token_falls_over_before_any_byte(
     tollway: Tollway, fake: FakeProvider
 ) -> None:

@@ -53,7 +53,8 @@ T = TypeVar("T")
 llm_router_key = web.AppKey("llm_router", ModelRouter)
 
 _DRAIN_AFTER_DONE_S = 0.5
-"""How long to wait for the upstream to close after ``[DONE]`` before closing it."""
+"""How long to wait for the upstream to close after ``[DONE]`` before closing it, for a
+backend without its own ``done_drain_s``."""
 
 
 _TokenChildren = dict[tuple[str, str], tuple[Any, Any]]
@@ -303,7 +304,7 @@ async def _stream_chat(
             await _write(response, error_frame(failure, request.get(request_id_key)))
         await _end(response)  # the client has its whole answer now
         if state.done:
-            await _drain(events)
+            await _drain(events, getattr(target.guard.backend, "done_drain_s", _DRAIN_AFTER_DONE_S))
     _record(request, target, time.perf_counter() - started, *state.tokens())
     if cache_as is not None and sent is not None and failure is None:
         if state.finished and state.done:
@@ -361,11 +362,11 @@ async def _relay(
     return None
 
 
-async def _drain(events: AsyncIterator[list[bytes]]) -> None:
+async def _drain(events: AsyncIterator[list[bytes]], limit_s: float) -> None:
     """After ``[DONE]`` the upstream closes at once: read to its end, so its connection
     goes back to the pool and the breaker sees a finished call; give up after a moment."""
     try:
-        async with asyncio.timeout(_DRAIN_AFTER_DONE_S):
+        async with asyncio.timeout(limit_s):
             async for _ in events:
                 pass
     except (TimeoutError, BackendError):

@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     key_commands.add_parser("new", help="print a fresh key and its sha256 hash")
     hash_ = key_commands.add_parser("hash", help="print the sha256 hash of KEY for the config")
     hash_.add_argument("key")
+    from gateway.keys_cli import add_commands
+
+    add_commands(key_commands)
     return parser
 
 
@@ -89,6 +92,15 @@ def _keys(args: argparse.Namespace) -> int:
     from gateway.embedded import new_key
     from gateway.keyhash import hash_key
 
+    if args.keys_command in ("create", "list", "revoke", "rotate"):
+        from gateway.config import ConfigError, load_config
+        from gateway.keys_cli import run
+
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            return _fail(str(exc))
+        return run(config, args)
     if args.keys_command == "new":
         key = new_key()
         print(f"key:  {key}\nhash: {hash_key(key)}")

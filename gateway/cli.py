@@ -18,6 +18,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", help="YAML config (default: $TOLLWAY_CONFIG or embedded)")
+    serve.add_argument("--workers", type=int, help="processes on the port (server.workers)")
 
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
@@ -27,13 +28,16 @@ def _parser() -> argparse.ArgumentParser:
     key_commands.add_parser("new", help="print a fresh key and its sha256 hash")
     hash_ = key_commands.add_parser("hash", help="print the sha256 hash of KEY for the config")
     hash_.add_argument("key")
+    from gateway.keys_cli import add_commands
+
+    add_commands(key_commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
-        return _serve(args.config)
+        return _serve(args.config, args.workers)
     if args.command == "check-config":
         return _check_config(args.file)
     if args.command == "keys":
@@ -60,19 +64,32 @@ def _check_config(path: str) -> int:
     return 0
 
 
-def _serve(path: str | None) -> int:
+def _serve(path: str | None, workers: int | None = None) -> int:
+    import os
+
     from gateway.config import ConfigError, load_config
     from gateway.logs import configure_logging
     from gateway.serve import run
+    from gateway.workers import WORKER_INDEX_ENV, run_workers
 
+    if workers is not None:
+        if workers < 1:
+            return _fail("--workers must be at least 1")
+        os.environ["TOLLWAY_WORKERS"] = str(workers)
     try:
         config = load_config(path)
     except ConfigError as exc:
         return _fail(str(exc))
+    worker_index = os.environ.get(WORKER_INDEX_ENV)
+    if config.server.workers > 1 and worker_index is None:
+        return run_workers(path, config.server.workers, config.demo_key)
     configure_logging(config.server.log_level)
+    first = worker_index in (None, "0")
 
     def announce(addresses: list[object]) -> None:
         host, port = addresses[0][:2]  # type: ignore[index]
+        if not first:
+            return
         print(f"Tollway {__version__} listening on http://{host}:{port}", flush=True)
         if config.demo_key:
             print(
@@ -89,6 +106,15 @@ def _keys(args: argparse.Namespace) -> int:
     from gateway.embedded import new_key
     from gateway.keyhash import hash_key
 
+    if args.keys_command in ("create", "list", "revoke", "rotate"):
+        from gateway.config import ConfigError, load_config
+        from gateway.keys_cli import run
+
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            return _fail(str(exc))
+        return run(config, args)
     if args.keys_command == "new":
         key = new_key()
         print(f"key:  {key}\nhash: {hash_key(key)}")

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import openai
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -295,3 +296,41 @@ async def test_token_budget_refuses_once_spent(
     assert int(refused.headers["Retry-After"]) > 3600
     other = {"Authorization": f"Bearer {USER_KEY}"}
     assert (await one.post("/v1/chat/completions", json=body, headers=other)).status == 200
+
+
+def _cli(config: Path, *args: str) -> dict[str, Any]:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "keys", *args, "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    answer: dict[str, Any] = orjson.loads(done.stdout)
+    return answer
+
+
+async def test_cli_key_lifecycle_reaches_a_running_gateway(start: Start, tmp_path: Path) -> None:
+    state = f"sqlite:///{tmp_path / 'cli.db'}"
+    config = tmp_path / "tollway.yaml"
+    config.write_text(f"state: {state}\nkeys: []\n")
+    client = await start(state)
+    made = await asyncio.to_thread(_cli, config, "create", "--tenant", "acme", "--scopes", "llm")
+    listed = await asyncio.to_thread(_cli, config, "list")
+    assert [k["id"] for k in listed["data"]] == [made["id"]] and made["key"] not in str(listed)
+    deadline = time.monotonic() + 2
+    while await models_status(client, made["key"]) != 200:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    rotated = await asyncio.to_thread(_cli, config, "rotate", made["id"])
+    await asyncio.to_thread(_cli, config, "revoke", made["id"])
+    deadline = time.monotonic() + 2
+    while await models_status(client, rotated["key"]) != 401:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    audit = (await (await client.get("/admin/audit?key_id=" + made["id"], headers=ADMIN)).json())[
+        "data"
+    ]
+    assert {e["action"] for e in audit} >= {"key.create", "key.rotate", "key.revoke"}
+    assert {e["actor"] for e in audit if e["action"].startswith("key.")} == {"cli"}

@@ -334,3 +334,54 @@ async def test_cli_key_lifecycle_reaches_a_running_gateway(start: Start, tmp_pat
     ]
     assert {e["action"] for e in audit} >= {"key.create", "key.rotate", "key.revoke"}
     assert {e["actor"] for e in audit if e["action"].startswith("key.")} == {"cli"}
+
+
+async def test_sigterm_with_streams_in_flight_keeps_every_usage_record(
+    fake: FakeProvider, tmp_path: Path, unused_tcp_port: int
+) -> None:
+    import signal
+
+    from gateway.serve import serve
+
+    state = tmp_path / "state.db"
+    config = make_config(
+        {
+            "server": {"port": unused_tcp_port, "shutdown_timeout_s": 10},
+            "state": f"sqlite:///{state}",
+            "state_spill_dir": str(tmp_path / "spill"),
+            "backends": {"openai": {"type": "openai", "base_url": f"{fake.url}/v1",  # type: ignore[attr-defined]
+                                    "api_key": UPSTREAM_KEY}},
+            "models": {"gpt-4o-mini": {"backend": "openai"}},
+        }
+    )  # fmt: skip
+    fake.stream_gap_s = 0.2  # each stream takes about a second
+    ready = asyncio.Event()
+    server = asyncio.ensure_future(serve(config, on_ready=lambda _: ready.set()))
+    await asyncio.wait_for(ready.wait(), 10)
+    api = openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{unused_tcp_port}/v1", api_key=USER_KEY, max_retries=0
+    )
+
+    async def one_stream() -> str:
+        stream = await api.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+        text = ""
+        async for chunk in stream:
+            text += "".join(c.delta.content or "" for c in chunk.choices)
+        return text
+
+    streams = [asyncio.ensure_future(one_stream()) for _ in range(20)]
+    while fake.hits("chat") < 20:  # noqa: ASYNC110 - waiting on another server
+        await asyncio.sleep(0.02)
+    os.kill(os.getpid(), signal.SIGTERM)
+    texts = await asyncio.gather(*streams)
+    await asyncio.wait_for(server, 20)
+    assert texts == ["Hello there"] * 20  # the drain let every stream finish
+    import sqlite3
+
+    with sqlite3.connect(state) as connection:
+        count, tokens_out = connection.execute(
+            "SELECT count(*), sum(tokens_out) FROM tollway_usage WHERE route_class = 'chat'"
+        ).fetchone()
+    assert count == 20 and tokens_out == 20 * 3

@@ -200,7 +200,17 @@ class SQLiteStore:
         return list(await self._run(lambda: self._conn().execute(sql, tuple(params)).fetchall()))
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self.transaction([(sql, row) for row in rows])
+        def work() -> None:
+            connection = self._conn()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                connection.executemany(sql, [tuple(r) for r in rows])
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+
+        await self._run(work)
 
     async def transaction(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         def work() -> None:

@@ -71,6 +71,7 @@ class ServerConfig:
     max_url_bytes: int = 8190
     max_header_bytes: int = 8190
     max_headers: int = 100
+    header_timeout_s: float = 15.0
     """How many Tollway processes share this config (set by the deployment); >1 wants Redis."""
 
 
@@ -317,6 +318,7 @@ def _server(s: Section) -> ServerConfig:
             "max_header_bytes", d.max_header_bytes, integer=True, minimum=256
         ),
         max_headers=s.number("max_headers", d.max_headers, integer=True, minimum=8),
+        header_timeout_s=s.number("header_timeout_s", d.header_timeout_s, minimum=0),
     )
     if config.port > 65535:
         raise ConfigError("server.port", f"must be at most 65535, got {config.port}")

@@ -274,3 +274,72 @@ async def test_oversized_urls_and_headers_are_refused_not_500(unused_tcp_port: i
     finally:
         os.kill(os.getpid(), signal.SIGTERM)
         await asyncio.wait_for(server, 10)
+
+
+async def test_trickled_headers_are_cut_with_408_while_slow_bodies_are_not(
+    unused_tcp_port: int,
+) -> None:
+    config: Config = make_config({"server": {"port": unused_tcp_port, "header_timeout_s": 0.4}})
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"bytes": len(await request.read())})
+
+    def factory(config: Config) -> web.Application:
+        app = app_for()
+        app[route_specs_key][app.router.add_route("POST", "/test/echo", echo)] = RouteSpec(
+            "query", None
+        )
+        return app
+
+    ready = asyncio.Event()
+    server = asyncio.ensure_future(
+        serve(config, on_ready=lambda _: ready.set(), app_factory=factory)
+    )
+    await asyncio.wait_for(ready.wait(), 10)
+    loop = asyncio.get_running_loop()
+    try:
+        # A slow-loris client: a header line every 0.1 s, never the blank line.
+        reader, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        started = loop.time()
+        writer.write(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+        reading = asyncio.ensure_future(reader.read())
+        for index in range(30):
+            await asyncio.sleep(0.1)
+            if reading.done():
+                break
+            try:
+                writer.write(f"X-Slow-{index}: 1\r\n".encode())
+                await writer.drain()
+            except ConnectionError:
+                break
+        answer = await asyncio.wait_for(reading, 5)
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert 0.35 <= loop.time() - started < 2.0
+        writer.close()
+
+        # A connection that sends nothing at all is cut the same way.
+        reader, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 408 ")
+        writer.close()
+
+        # Headers on time, then a body trickled for longer than the deadline: served.
+        reader, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        writer.write(
+            b"POST /test/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\nConnection: close\r\n\r\n"
+        )
+        for _ in range(8):
+            await asyncio.sleep(0.1)
+            writer.write(b"x")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"bytes": 8}')
+        writer.close()
+
+        # Ordinary clients, kept-alive connections included, are unaffected.
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                response = await session.get(f"http://127.0.0.1:{unused_tcp_port}/health/live")
+                assert response.status == 200
+                await asyncio.sleep(0.25)
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(server, 10)

@@ -66,6 +66,7 @@ class ServerConfig:
     replicas: int = 1
     compression: bool = True
     compression_min_bytes: int = 1024
+    compression_offload_bytes: int = 256 * 1024
     slow_request_s: float = 1.0
     sentry_dsn: str | None = None
     max_url_bytes: int = 8190
@@ -310,6 +311,9 @@ def _server(s: Section) -> ServerConfig:
         compression=s.boolean("compression", d.compression),
         compression_min_bytes=s.number(
             "compression_min_bytes", d.compression_min_bytes, integer=True, minimum=0
+        ),
+        compression_offload_bytes=s.number(
+            "compression_offload_bytes", d.compression_offload_bytes, integer=True, minimum=0
         ),
         slow_request_s=s.number("slow_request_s", d.slow_request_s),
         sentry_dsn=s.string("sentry_dsn", None) or None,

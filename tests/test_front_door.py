@@ -14,10 +14,12 @@ import aiohttp
 import brotli
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from gateway.app import create_app
 from gateway.appkeys import error_tracker_key, route_specs_key
-from gateway.config import Config
+from gateway.client_ip import TrustedProxies, client_ip
+from gateway.config import Config, ConfigError
 from gateway.routing import RouteSpec
 from gateway.serve import serve
 from gateway.usage_record import current_usage
@@ -343,3 +345,63 @@ async def test_trickled_headers_are_cut_with_408_while_slow_bodies_are_not(
     finally:
         os.kill(os.getpid(), signal.SIGTERM)
         await asyncio.wait_for(server, 10)
+
+
+async def test_compression_thresholds_are_configurable(aiohttp_client: Any) -> None:
+    gz = bearer(USER_KEY, **{"Accept-Encoding": "gzip"})
+    # Every body on a worker thread: the answer still decodes to the same JSON.
+    client = await aiohttp_client(app_for({"server": {"compression_offload_bytes": 1}}))
+    offloaded = await client.get("/test/big", headers=gz, auto_decompress=False)
+    assert offloaded.headers["Content-Encoding"] == "gzip"
+    expected = await (await client.get("/test/big", headers=bearer(USER_KEY))).json()
+    assert json.loads(gzip.decompress(await offloaded.read())) == expected
+    # A threshold above the body's size leaves it plain.
+    client = await aiohttp_client(app_for({"server": {"compression_min_bytes": 10_000_000}}))
+    plain = await client.get("/test/big", headers=gz, auto_decompress=False)
+    assert "Content-Encoding" not in plain.headers
+    assert json.loads(await plain.read()) == expected
+
+
+@pytest.mark.parametrize(
+    ("server", "message"),
+    [
+        ({"header_timeout_s": -1}, "server.header_timeout_s: must be at least 0"),
+        ({"compression_min_bytes": "1k"}, 'server.compression_min_bytes: expected a whole'),
+        ({"compression_offload_bytes": -5}, "server.compression_offload_bytes: must be at"),
+        ({"slow_request_s": "slow"}, 'server.slow_request_s: expected a number'),
+        ({"max_url_bytes": 10}, "server.max_url_bytes: must be at least 256"),
+        ({"max_headers": 2}, "server.max_headers: must be at least 8"),
+    ],
+)  # fmt: skip
+def test_front_door_settings_are_validated(server: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        make_config({"server": server})
+    assert str(raised.value).startswith(message)
+
+
+def test_per_ip_rates_are_validated() -> None:
+    with pytest.raises(ConfigError, match=r"^limits\.per_ip\[0\]: unknown time unit"):
+        make_config({"limits": {"per_ip": ["5/fortnight"]}})
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "expected"),
+    [
+        ("198.51.100.1", {"X-Forwarded-For": "192.0.2.1"}, "198.51.100.1"),  # untrusted peer
+        ("10.0.0.2", {"X-Forwarded-For": "192.0.2.1, 203.0.113.4, 10.0.0.9"}, "203.0.113.4"),
+        ("10.0.0.2", {"X-Forwarded-For": "192.0.2.1:4711"}, "192.0.2.1"),
+        ("10.0.0.2", {"X-Forwarded-For": "[2001:db8::1]:4711"}, "2001:db8::1"),
+        ("10.0.0.2", {"Forwarded": 'for=192.0.2.60:8080;proto=http, for="[2001:db8::7]"'},
+         "2001:db8::7"),
+        ("10.0.0.2", {"X-Forwarded-For": "192.0.2.1, unknown"}, "10.0.0.2"),  # garbage hop
+        ("10.0.0.2", {"X-Forwarded-For": "10.0.0.3, 10.0.0.4"}, "10.0.0.3"),  # all trusted
+        ("::ffff:10.0.0.2", {"X-Forwarded-For": "192.0.2.8"}, "192.0.2.8"),  # mapped peer
+        ("10.0.0.2", {}, "10.0.0.2"),
+    ],
+)  # fmt: skip
+def test_client_ip_takes_the_rightmost_untrusted_hop(
+    peer: str, headers: dict[str, str], expected: str
+) -> None:
+    request = make_mocked_request("GET", "/", headers=headers)
+    request = request.clone(remote=peer)
+    assert client_ip(request, TrustedProxies(["10.0.0.0/8"])) == expected

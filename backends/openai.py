@@ -72,6 +72,11 @@ class OpenAIBackend:
         self.idle_timeout_s = idle_timeout_s
         self._session: aiohttp.ClientSession | None = None
         self._base = options.base_url
+        # A request's timeout replaces the session's whole: each keeps the connect bound.
+        self._json_timeout = aiohttp.ClientTimeout(connect=connect_timeout_s)
+        self._stream_timeout = aiohttp.ClientTimeout(
+            connect=connect_timeout_s, sock_read=idle_timeout_s
+        )
 
     async def start(self) -> None:
         self._session = new_session(
@@ -110,7 +115,7 @@ class OpenAIBackend:
                 f"{self._base}{path}",
                 data=orjson.dumps(body),
                 headers={"X-Request-ID": ctx.request_id},
-                timeout=aiohttp.ClientTimeout(sock_read=None),
+                timeout=self._json_timeout,
             ) as response:
                 await raise_for_upstream(self.name, response)
                 raw = await response.read()
@@ -149,7 +154,7 @@ class OpenAIBackend:
                 f"{self._base}/chat/completions",
                 data=orjson.dumps(body),
                 headers={"X-Request-ID": ctx.request_id, "Accept": "text/event-stream"},
-                timeout=aiohttp.ClientTimeout(sock_read=self.idle_timeout_s),
+                timeout=self._stream_timeout,
             ) as response:
                 await raise_for_upstream(self.name, response)
                 buffer = b""

@@ -143,13 +143,13 @@ def bare_proxy_app(upstream: str) -> web.Application:
     return app
 
 
-def tollway_app(upstream: str) -> web.Application:
+def tollway_app(upstream: str, log_level: str = "info") -> web.Application:
     from gateway.app import create_app
     from gateway.config import parse_config
     from gateway.keyhash import hash_key
     from gateway.logs import configure_logging
 
-    configure_logging("info", stream=open(os.devnull, "w"))  # noqa: SIM115
+    configure_logging(log_level, stream=open(os.devnull, "w"))  # noqa: SIM115
     config = parse_config(
         {
             "server": {"host": "127.0.0.1", "port": 0},
@@ -225,6 +225,11 @@ async def run(argv: list[str]) -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--streams", type=int, default=300, help="streams for TTFB")
     parser.add_argument("--concurrency", default="1,8,64")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        help="Tollway's log level; 'warning' drops the access log line, to see its cost",
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is not installed (Debian: apt-get install wrk); skipping")
@@ -238,7 +243,7 @@ async def run(argv: list[str]) -> None:
     upstream = start(upstream_app, cpus=LOAD_CPU)
     servers: dict[str, Server] = {
         "bare": start(bare_proxy_app, upstream.url(), cpus=PROXY_CPU),
-        "tollway": start(tollway_app, upstream.url(), cpus=PROXY_CPU),
+        "tollway": start(tollway_app, upstream.url(), args.log_level, cpus=PROXY_CPU),
     }
     results: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     peak_rss = 0.0

@@ -18,6 +18,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", help="YAML config (default: $TOLLWAY_CONFIG or embedded)")
+    serve.add_argument("--workers", type=int, help="processes on the port (server.workers)")
 
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
@@ -36,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
-        return _serve(args.config)
+        return _serve(args.config, args.workers)
     if args.command == "check-config":
         return _check_config(args.file)
     if args.command == "keys":
@@ -63,19 +64,32 @@ def _check_config(path: str) -> int:
     return 0
 
 
-def _serve(path: str | None) -> int:
+def _serve(path: str | None, workers: int | None = None) -> int:
+    import os
+
     from gateway.config import ConfigError, load_config
     from gateway.logs import configure_logging
     from gateway.serve import run
+    from gateway.workers import WORKER_INDEX_ENV, run_workers
 
+    if workers is not None:
+        if workers < 1:
+            return _fail("--workers must be at least 1")
+        os.environ["TOLLWAY_WORKERS"] = str(workers)
     try:
         config = load_config(path)
     except ConfigError as exc:
         return _fail(str(exc))
+    worker_index = os.environ.get(WORKER_INDEX_ENV)
+    if config.server.workers > 1 and worker_index is None:
+        return run_workers(path, config.server.workers, config.demo_key)
     configure_logging(config.server.log_level)
+    first = worker_index in (None, "0")
 
     def announce(addresses: list[object]) -> None:
         host, port = addresses[0][:2]  # type: ignore[index]
+        if not first:
+            return
         print(f"Tollway {__version__} listening on http://{host}:{port}", flush=True)
         if config.demo_key:
             print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from typing import Any
 
@@ -17,7 +18,8 @@ def new_key() -> str:
 
 def embedded_config_data() -> tuple[dict[str, Any], str]:
     """The default config as parsed YAML would be, and the demo key it accepts."""
-    demo_key = new_key()
+    # Workers of one `serve --workers N` share the key their parent made.
+    demo_key = os.environ.get("TOLLWAY_DEMO_KEY") or new_key()
     data: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 8080},
         "state": "sqlite:///./tollway-state.db",

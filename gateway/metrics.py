@@ -120,6 +120,7 @@ class Metrics:
         self.redis_fallback = Gauge(
             "tollway_redis_fallback_active",
             "1 while Redis is unavailable and limits and cache run in this process.",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.redis_errors = Counter(
@@ -145,10 +146,16 @@ class Metrics:
             registry=r,
         )
         self.cache_entries = Gauge(
-            "tollway_cache_entries", "Entries in the in-process cache.", registry=r
+            "tollway_cache_entries",
+            "Entries in the in-process cache.",
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.cache_bytes = Gauge(
-            "tollway_cache_bytes", "Bytes held by the in-process cache.", registry=r
+            "tollway_cache_bytes",
+            "Bytes held by the in-process cache.",
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.usage_spilled = Counter(
             "tollway_usage_spilled",
@@ -156,7 +163,10 @@ class Metrics:
             registry=r,
         )
         self.usage_buffered = Gauge(
-            "tollway_usage_buffered", "Usage records waiting to be written.", registry=r
+            "tollway_usage_buffered",
+            "Usage records waiting to be written.",
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.budget_rejections = Counter(
             "tollway_budget_rejections", "Requests refused for a spent token budget.", registry=r

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -351,7 +352,7 @@ async def test_429_without_retry_after_is_retried_with_backoff(
     assert completion.choices[0].message.content == "Hello from the fake"
     assert fake.hits("chat") == 3
     # full jitter under an exponential ceiling: 0.25 s then 0.5 s at most
-    assert fake.seen[2].at - fake.seen[0].at < 0.75 + 0.2
+    assert fake.seen[2].at - fake.seen[0].at < 0.75 + 0.5
 
 
 async def test_half_open_breaker_admits_exactly_one_probe_then_closes(
@@ -364,6 +365,7 @@ async def test_half_open_breaker_admits_exactly_one_probe_then_closes(
         with pytest.raises(openai.InternalServerError):
             await api.chat.completions.create(model="solo", messages=HI)
     await asyncio.sleep(0.35)
+    fake.slow_s = 1.0
     fake.script("chat", "slow")  # the probe takes a while and succeeds
     probe = asyncio.ensure_future(api.chat.completions.create(model="solo", messages=HI))
     for _ in range(200):
@@ -435,6 +437,44 @@ async def test_a_silent_upstream_times_out_once_then_falls_over_without_retrying
     assert raw.headers["X-Tollway-Model"] == "llama-3.1-8b-instant"
     assert fake.hits("chat") == 2
     assert time.monotonic() - started < 2
+
+
+async def test_connect_timeout_bounds_a_backend_that_never_accepts(
+    tollway: Tollway, fake: FakeProvider
+) -> None:
+    # A listening socket that never accepts, its backlog filled: the next SYN is dropped,
+    # so connecting hangs until the connect timeout (not the 5 s deadline) cuts it.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(8):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        client = await tollway(
+            {
+                "backends": {
+                    "openai": {
+                        "base_url": f"http://127.0.0.1:{port}/v1",
+                        "connect_timeout_s": 0.2,
+                        "timeout_s": 5,
+                        "retries": 0,
+                    }
+                }
+            }
+        )
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as raised:
+            await sdk(client).chat.completions.create(model="solo", messages=HI)
+        assert raised.value.status_code == 503
+        assert time.monotonic() - started < 2
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
 
 
 async def test_deadline_without_fallback_is_504(tollway: Tollway, fake: FakeProvider) -> None:

@@ -56,8 +56,15 @@ _DRAIN_AFTER_DONE_S = 0.5
 """How long to wait for the upstream to close after ``[DONE]`` before closing it."""
 
 
+_TokenChildren = dict[tuple[str, str], tuple[Any, Any]]
+token_children_key = web.AppKey("llm_token_children", _TokenChildren)
+"""The tokens counter's (in, out) children by (key id, model): `labels()` takes a lock and
+builds its key on every call, which showed in profiles of the hot path."""
+
+
 def setup(app: web.Application) -> None:
     """Build the model router once the backends have started."""
+    app[token_children_key] = {}
 
     async def build(app: web.Application) -> None:
         app[llm_router_key] = ModelRouter(app[config_key], app[backends_key])
@@ -108,10 +115,14 @@ def _record(
     usage.tokens_in += tokens_in
     usage.tokens_out += tokens_out
     if tokens_in or tokens_out:
-        counter = request.app[metrics_key].tokens
-        key_id = request[principal_key].key_id
-        counter.labels(key_id, target.name, "in").inc(tokens_in)
-        counter.labels(key_id, target.name, "out").inc(tokens_out)
+        key = (request[principal_key].key_id, target.name)
+        children = request.app[token_children_key]
+        pair = children.get(key)
+        if pair is None:
+            counter = request.app[metrics_key].tokens
+            pair = children[key] = (counter.labels(*key, "in"), counter.labels(*key, "out"))
+        pair[0].inc(tokens_in)
+        pair[1].inc(tokens_out)
 
 
 def _tokens_of(body: bytes) -> tuple[int, int]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.appkeys import metrics_key
 from gateway.routing import RouteDef, RouteSpec
@@ -12,7 +15,13 @@ __all__ = ["routes"]
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[metrics_key].registry)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several workers: add up what every worker wrote to the shared directory.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        body = generate_latest(registry)
+    else:
+        body = generate_latest(request.app[metrics_key].registry)
     response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response

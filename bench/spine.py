@@ -4,9 +4,11 @@ Two servers, each in its own process on 127.0.0.1, answer the same trivial JSON 
 `bare` is a plain aiohttp app; `tollway` is the full app (request id, access log and
 metrics, errors, body limit, auth by key, rate limit, common headers) with the route
 behind a key; `tollway-nolog` is the same at log level warning, to show what the JSON
-access line costs. One client process drives both in alternating rounds with the same
-concurrency. Printed per server: requests/second, latency p50/p99 and the server's CPU
-time per request read from /proc, the figure that survives a noisy machine best.
+access line costs; `tollway-nofront` is `tollway` with the front door's per-IP limits and
+compression off, to show what they cost. One client process drives all of them in
+alternating rounds with the same concurrency. Printed per server: requests/second,
+latency p50/p99 and the server's CPU time per request read from /proc, the figure that
+survives a noisy machine best.
 
     python -m bench spine [--requests N] [--concurrency C] [--rounds R]
 """
@@ -38,7 +40,7 @@ def bare_app() -> web.Application:
     return app
 
 
-def tollway_app(log_level: str = "info") -> web.Application:
+def tollway_app(log_level: str = "info", front_door: bool = True) -> web.Application:
     from gateway.app import create_app
     from gateway.appkeys import route_specs_key
     from gateway.config import parse_config
@@ -49,10 +51,11 @@ def tollway_app(log_level: str = "info") -> web.Application:
     configure_logging(log_level, stream=open(os.devnull, "w"))  # noqa: SIM115
     config = parse_config(
         {
-            "server": {"host": "127.0.0.1", "port": 0},
+            "server": {"host": "127.0.0.1", "port": 0, "compression": front_door},
             "limits": {
                 "default": ["100000000/minute", "1000000000/hour"],
-                "per_ip_authenticated": ["1000000000/hour"],
+                "per_ip_authenticated": ["1000000000/hour"] if front_door else [],
+                **({} if front_door else {"per_ip": []}),
             },
             "keys": [
                 {"id": "bench", "hash": hash_key(BENCH_KEY), "tenant": "b", "scopes": ["query"]}
@@ -70,7 +73,9 @@ def tollway_app(log_level: str = "info") -> web.Application:
 def app_for(kind: str) -> web.Application:
     if kind == "bare":
         return bare_app()
-    return tollway_app("warning" if kind == "tollway-nolog" else "info")
+    return tollway_app(
+        "warning" if kind == "tollway-nolog" else "info", front_door=kind != "tollway-nofront"
+    )
 
 
 async def drive(port: int, requests: int, concurrency: int) -> list[float]:
@@ -103,7 +108,10 @@ async def run(argv: list[str]) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
 
-    servers = {kind: start(app_for, kind) for kind in ("bare", "tollway", "tollway-nolog")}
+    servers = {
+        kind: start(app_for, kind)
+        for kind in ("bare", "tollway", "tollway-nolog", "tollway-nofront")
+    }
     try:
         results: dict[str, dict[str, list[float]]] = {
             kind: {"rps": [], "p50": [], "p99": [], "cpu_us": []} for kind in servers

@@ -64,7 +64,12 @@ def create_app(config: Config) -> web.Application:
             request_id_middleware,
             access_log_middleware(config.server.slow_request_s),
             *(
-                [compression_middleware(config.server.compression_min_bytes)]
+                [
+                    compression_middleware(
+                        config.server.compression_min_bytes,
+                        offload_bytes=config.server.compression_offload_bytes,
+                    )
+                ]
                 if config.server.compression
                 else []
             ),

@@ -66,11 +66,13 @@ class ServerConfig:
     replicas: int = 1
     compression: bool = True
     compression_min_bytes: int = 1024
+    compression_offload_bytes: int = 256 * 1024
     slow_request_s: float = 1.0
     sentry_dsn: str | None = None
     max_url_bytes: int = 8190
     max_header_bytes: int = 8190
     max_headers: int = 100
+    header_timeout_s: float = 15.0
     """How many Tollway processes share this config (set by the deployment); >1 wants Redis."""
 
 
@@ -310,6 +312,9 @@ def _server(s: Section) -> ServerConfig:
         compression_min_bytes=s.number(
             "compression_min_bytes", d.compression_min_bytes, integer=True, minimum=0
         ),
+        compression_offload_bytes=s.number(
+            "compression_offload_bytes", d.compression_offload_bytes, integer=True, minimum=0
+        ),
         slow_request_s=s.number("slow_request_s", d.slow_request_s),
         sentry_dsn=s.string("sentry_dsn", None) or None,
         max_url_bytes=s.number("max_url_bytes", d.max_url_bytes, integer=True, minimum=256),
@@ -317,6 +322,7 @@ def _server(s: Section) -> ServerConfig:
             "max_header_bytes", d.max_header_bytes, integer=True, minimum=256
         ),
         max_headers=s.number("max_headers", d.max_headers, integer=True, minimum=8),
+        header_timeout_s=s.number("header_timeout_s", d.header_timeout_s, minimum=0),
     )
     if config.port > 65535:
         raise ConfigError("server.port", f"must be at most 65535, got {config.port}")

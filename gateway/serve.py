@@ -18,6 +18,7 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.appkeys import state_key
 from gateway.config import Config
+from gateway.header_deadline import HeaderDeadlineSite
 
 __all__ = ["serve", "run"]
 
@@ -52,8 +53,13 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        site = web.TCPSite(
-            runner, server.host, server.port, reuse_port=server.workers > 1, backlog=1024
+        site = HeaderDeadlineSite(
+            runner,
+            server.host,
+            server.port,
+            header_timeout_s=server.header_timeout_s,
+            reuse_port=server.workers > 1,
+            backlog=1024,
         )
         await site.start()
         addresses = runner.addresses

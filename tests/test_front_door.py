@@ -8,20 +8,25 @@ import gzip
 import json
 import os
 import signal
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import brotli
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from gateway.app import create_app
 from gateway.appkeys import error_tracker_key, route_specs_key
-from gateway.config import Config
+from gateway.client_ip import TrustedProxies, client_ip
+from gateway.config import Config, ConfigError
 from gateway.routing import RouteSpec
 from gateway.serve import serve
 from gateway.usage_record import current_usage
-from tests.conftest import USER_KEY, make_config
+from tests.conftest import USER_KEY, make_config, skip_or_fail
 
 BAD_KEY = "tw_guessed-0123456789abcdefghijklmnopq"
 PROMPT = "my secret prompt about the merger"
@@ -274,3 +279,174 @@ async def test_oversized_urls_and_headers_are_refused_not_500(unused_tcp_port: i
     finally:
         os.kill(os.getpid(), signal.SIGTERM)
         await asyncio.wait_for(server, 10)
+
+
+async def test_trickled_headers_are_cut_with_408_while_slow_bodies_are_not(
+    unused_tcp_port: int,
+) -> None:
+    config: Config = make_config({"server": {"port": unused_tcp_port, "header_timeout_s": 0.4}})
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"bytes": len(await request.read())})
+
+    def factory(config: Config) -> web.Application:
+        app = app_for()
+        app[route_specs_key][app.router.add_route("POST", "/test/echo", echo)] = RouteSpec(
+            "query", None
+        )
+        return app
+
+    ready = asyncio.Event()
+    server = asyncio.ensure_future(
+        serve(config, on_ready=lambda _: ready.set(), app_factory=factory)
+    )
+    await asyncio.wait_for(ready.wait(), 10)
+    loop = asyncio.get_running_loop()
+    try:
+        # A slow-loris client: a header line every 0.1 s, never the blank line.
+        reader, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        started = loop.time()
+        writer.write(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+        reading = asyncio.ensure_future(reader.read())
+        for index in range(30):
+            await asyncio.sleep(0.1)
+            if reading.done():
+                break
+            try:
+                writer.write(f"X-Slow-{index}: 1\r\n".encode())
+                await writer.drain()
+            except ConnectionError:
+                break
+        answer = await asyncio.wait_for(reading, 5)
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert 0.35 <= loop.time() - started < 2.0
+        writer.close()
+
+        # A connection that sends nothing at all is cut the same way.
+        reader, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 408 ")
+        writer.close()
+
+        # Headers on time, then a body trickled for longer than the deadline: served.
+        reader, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        writer.write(
+            b"POST /test/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\nConnection: close\r\n\r\n"
+        )
+        for _ in range(8):
+            await asyncio.sleep(0.1)
+            writer.write(b"x")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"bytes": 8}')
+        writer.close()
+
+        # Ordinary clients, kept-alive connections included, are unaffected.
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                response = await session.get(f"http://127.0.0.1:{unused_tcp_port}/health/live")
+                assert response.status == 200
+                await asyncio.sleep(0.25)
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(server, 10)
+
+
+async def test_compression_thresholds_are_configurable(aiohttp_client: Any) -> None:
+    gz = bearer(USER_KEY, **{"Accept-Encoding": "gzip"})
+    # Every body on a worker thread: the answer still decodes to the same JSON.
+    client = await aiohttp_client(app_for({"server": {"compression_offload_bytes": 1}}))
+    offloaded = await client.get("/test/big", headers=gz, auto_decompress=False)
+    assert offloaded.headers["Content-Encoding"] == "gzip"
+    expected = await (await client.get("/test/big", headers=bearer(USER_KEY))).json()
+    assert json.loads(gzip.decompress(await offloaded.read())) == expected
+    # A threshold above the body's size leaves it plain.
+    client = await aiohttp_client(app_for({"server": {"compression_min_bytes": 10_000_000}}))
+    plain = await client.get("/test/big", headers=gz, auto_decompress=False)
+    assert "Content-Encoding" not in plain.headers
+    assert json.loads(await plain.read()) == expected
+
+
+@pytest.mark.parametrize(
+    ("server", "message"),
+    [
+        ({"header_timeout_s": -1}, "server.header_timeout_s: must be at least 0"),
+        ({"compression_min_bytes": "1k"}, 'server.compression_min_bytes: expected a whole'),
+        ({"compression_offload_bytes": -5}, "server.compression_offload_bytes: must be at"),
+        ({"slow_request_s": "slow"}, 'server.slow_request_s: expected a number'),
+        ({"max_url_bytes": 10}, "server.max_url_bytes: must be at least 256"),
+        ({"max_headers": 2}, "server.max_headers: must be at least 8"),
+    ],
+)  # fmt: skip
+def test_front_door_settings_are_validated(server: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        make_config({"server": server})
+    assert str(raised.value).startswith(message)
+
+
+def test_per_ip_rates_are_validated() -> None:
+    with pytest.raises(ConfigError, match=r"^limits\.per_ip\[0\]: unknown time unit"):
+        make_config({"limits": {"per_ip": ["5/fortnight"]}})
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "expected"),
+    [
+        ("198.51.100.1", {"X-Forwarded-For": "192.0.2.1"}, "198.51.100.1"),  # untrusted peer
+        ("10.0.0.2", {"X-Forwarded-For": "192.0.2.1, 203.0.113.4, 10.0.0.9"}, "203.0.113.4"),
+        ("10.0.0.2", {"X-Forwarded-For": "192.0.2.1:4711"}, "192.0.2.1"),
+        ("10.0.0.2", {"X-Forwarded-For": "[2001:db8::1]:4711"}, "2001:db8::1"),
+        ("10.0.0.2", {"Forwarded": 'for=192.0.2.60:8080;proto=http, for="[2001:db8::7]"'},
+         "2001:db8::7"),
+        ("10.0.0.2", {"X-Forwarded-For": "192.0.2.1, unknown"}, "10.0.0.2"),  # garbage hop
+        ("10.0.0.2", {"X-Forwarded-For": "10.0.0.3, 10.0.0.4"}, "10.0.0.3"),  # all trusted
+        ("::ffff:10.0.0.2", {"X-Forwarded-For": "192.0.2.8"}, "192.0.2.8"),  # mapped peer
+        ("10.0.0.2", {}, "10.0.0.2"),
+    ],
+)  # fmt: skip
+def test_client_ip_takes_the_rightmost_untrusted_hop(
+    peer: str, headers: dict[str, str], expected: str
+) -> None:
+    request = make_mocked_request("GET", "/", headers=headers)
+    request = request.clone(remote=peer)
+    assert client_ip(request, TrustedProxies(["10.0.0.0/8"])) == expected
+
+
+REDIS_URL = os.environ.get("TOLLWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    client = aioredis.Redis.from_url(REDIS_URL, socket_timeout=2)
+    try:
+        await client.ping()
+    except Exception as exc:  # noqa: BLE001
+        await client.aclose()
+        skip_or_fail(f"Redis at {REDIS_URL} is not reachable ({type(exc).__name__})")
+    prefix = f"tollway-test:{uuid.uuid4().hex[:10]}:"
+    try:
+        yield prefix
+    finally:
+        keys = [key async for key in client.scan_iter(f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+async def test_per_ip_limits_are_shared_across_replicas_through_redis(
+    aiohttp_client: Any, redis_prefix: str
+) -> None:
+    shared = {
+        "redis": REDIS_URL,
+        "redis_prefix": redis_prefix,
+        "server": {"trusted_proxies": ["127.0.0.1"]},
+        "limits": {"per_ip": ["4/minute"]},
+    }
+    first = await aiohttp_client(app_for(shared))
+    second = await aiohttp_client(app_for(shared))
+    attacker = bearer(BAD_KEY, **{"X-Forwarded-For": "198.51.100.77"})
+    statuses = [(await first.get("/test/big", headers=attacker)).status for _ in range(4)]
+    assert statuses == [401] * 4
+    # The other replica knows the address has spent its allowance.
+    refused = await second.get("/test/big", headers=attacker)
+    assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 1
+    other = bearer(USER_KEY, **{"X-Forwarded-For": "203.0.113.77"})
+    assert (await second.get("/test/big", headers=other)).status == 200

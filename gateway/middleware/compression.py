@@ -2,8 +2,9 @@
 
 gzip, or brotli when the client prefers it and the ``brotli`` package is installed. Only
 whole answers (`web.Response`) of at least ``server.compression_min_bytes``: never SSE
-streams, never bodies already encoded. Bodies over `OFFLOAD_BYTES` are compressed on a
-worker thread so a 10,000-row answer does not stall the event loop.
+streams, never bodies already encoded. Bodies of ``server.compression_offload_bytes`` or
+more (default `OFFLOAD_BYTES`) are compressed on a worker thread so a 10,000-row answer
+does not stall the event loop.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def pick_encoding(accept_encoding: str) -> str | None:
     return best[2] if best else None
 
 
-def compression_middleware(min_bytes: int) -> Middleware:
+def compression_middleware(min_bytes: int, *, offload_bytes: int = OFFLOAD_BYTES) -> Middleware:
     @web.middleware
     async def compress(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
@@ -85,7 +86,7 @@ def compression_middleware(min_bytes: int) -> Middleware:
         if coding is None:
             return response
         coder = _CODERS[coding]
-        if len(body) >= OFFLOAD_BYTES:
+        if len(body) >= offload_bytes:
             compressed = await asyncio.get_running_loop().run_in_executor(None, coder, body)
         else:
             compressed = coder(body)

@@ -26,7 +26,10 @@ from gateway.config import DatasetConfig
 from gateway.errors import BadRequest
 from gateway.sql_safety import DENIED_FUNCTIONS, check_read_only
 
-__all__ = ["OPERATORS", "Dataset", "DatasetQuery", "Filter", "Order", "parse_query"]
+__all__ = [
+    "OPERATORS", "Compare", "Condition", "Dataset", "DatasetQuery", "Filter", "Junction",
+    "Negation", "Order", "parse_query",
+]  # fmt: skip
 
 Op = Literal[
     "eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "contains", "starts_with",
@@ -45,6 +48,31 @@ class Filter:
 
 
 @dataclass(frozen=True, slots=True)
+class Compare:
+    """One test of a field; `op` is one of `OPERATORS`."""
+
+    field: str
+    op: str
+    value: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Junction:
+    kind: str
+    """``and`` or ``or``."""
+    left: Condition
+    right: Condition
+
+
+@dataclass(frozen=True, slots=True)
+class Negation:
+    inner: Condition
+
+
+Condition = Compare | Junction | Negation
+
+
+@dataclass(frozen=True, slots=True)
 class Order:
     field: str
     descending: bool = False
@@ -58,6 +86,8 @@ class DatasetQuery:
     order_by: tuple[Order, ...] = ()
     limit: int | None = None
     offset: int = 0
+    where: Condition | None = None
+    """A condition tree beside `filters` (OData's $filter, with or/not/parentheses)."""
     count_only: bool = False
     """Answer ``SELECT count(*)`` of the grouped rows instead of the rows (OData $count)."""
 
@@ -111,6 +141,24 @@ class Dataset:
     def metrics(self) -> list[str]:
         return [f.name for f in self.fields.values() if f.kind == "metric"]
 
+    def _tree(self, node: Condition, bind: Any) -> exp.Expr:
+        if isinstance(node, Compare):
+            target = self.fields[node.field]
+            item = Filter(node.field, node.op, node.value)
+            return _condition(target.expression.copy(), item, bind, self.types.get(node.field))
+        if isinstance(node, Negation):
+            return exp.Not(this=exp.Paren(this=self._tree(node.inner, bind)))
+        left, right = self._tree(node.left, bind), self._tree(node.right, bind)
+        joined = exp.and_(left, right) if node.kind == "and" else exp.or_(left, right)
+        return exp.Paren(this=joined)
+
+    def _touches_metric(self, node: Condition) -> bool:
+        if isinstance(node, Compare):
+            return self.fields[node.field].kind == "metric"
+        if isinstance(node, Negation):
+            return self._touches_metric(node.inner)
+        return self._touches_metric(node.left) or self._touches_metric(node.right)
+
     def describe_query(self) -> tuple[str, list[Any]]:
         """A query returning no rows whose columns are every field, to learn their types."""
         every = DatasetQuery(dimensions=tuple(self.dimensions), metrics=tuple(self.metrics))
@@ -140,6 +188,9 @@ class Dataset:
             target = self.fields[item.field]
             condition = _condition(target.expression.copy(), item, bind, self.types.get(item.field))
             (having if target.kind == "metric" else conditions).append(condition)
+        if query.where is not None:
+            tree = self._tree(query.where, bind)
+            (having if self._touches_metric(query.where) else conditions).append(tree)
         if conditions:
             select = select.where(exp.and_(*conditions))
         if query.metrics and query.dimensions:

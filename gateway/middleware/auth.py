@@ -14,7 +14,7 @@ from base64 import b64decode
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.appkeys import key_table_key, principal_key, request_id_key, route_spec_key
+from gateway.appkeys import config_key, key_table_key, principal_key, request_id_key, route_spec_key
 from gateway.client_ip import request_ip
 from gateway.errors import Forbidden, Unauthorized
 from gateway.logs import log_context
@@ -56,6 +56,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     odata = spec.route_class == "odata"
     challenge = {"WWW-Authenticate": 'Basic realm="tollway"'} if odata else {}
     key = presented_key(request, basic=odata)
+    if key is None and odata:
+        # Power Query's ApiKeyName: the key as a named query parameter, when configured.
+        param = request.app[config_key].odata.key_param
+        key = request.query.get(param) if param else None
     if key is None:
         raise Unauthorized("no API key: send Authorization: Bearer <key>", headers=challenge)
     table = request.app[key_table_key]

@@ -168,6 +168,12 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.state_store_errors = Counter(
+            "tollway_state_store_errors",
+            "State store (Postgres) calls that failed or timed out, by operation.",
+            ["operation"],
+            registry=r,
+        )
         self.budget_rejections = Counter(
             "tollway_budget_rejections", "Requests refused for a spent token budget.", registry=r
         )

@@ -122,3 +122,15 @@ def test_the_kubernetes_rule_carries_the_same_groups() -> None:
         *yaml.safe_load((PROM / "alerts.yml").read_text())["groups"],
     ]
     assert resource["spec"]["groups"] == shipped
+
+
+def test_amtool_accepts_the_alertmanager_config() -> None:
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        skip_or_fail("amtool (Debian package prometheus-alertmanager) is not installed")
+    done = subprocess.run(
+        [str(amtool), "check-config", str(ROOT / "deploy/alertmanager/alertmanager.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

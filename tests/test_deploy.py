@@ -50,7 +50,15 @@ def _free_port() -> int:
 
 def test_every_service_has_a_healthcheck_and_waits_for_healthy_dependencies() -> None:
     services = COMPOSE["services"]
-    assert set(services) == {"tollway", "nginx", "postgres", "redis", "prometheus", "grafana"}
+    assert set(services) == {
+        "tollway",
+        "nginx",
+        "postgres",
+        "redis",
+        "prometheus",
+        "grafana",
+        "alertmanager",
+    }
     for name, service in services.items():
         assert "test" in service["healthcheck"], name
         for dependency, condition in service.get("depends_on", {}).items():

@@ -147,3 +147,97 @@ def test_check_config_accepts_the_configmap(tmp_path: Path) -> None:
 def test_replicas_without_shared_state_warn_at_start(log_lines: Any) -> None:
     create_app(make_config({"server": {"replicas": 3}}))
     assert any("in-process limits" in line for line in log_lines())
+
+
+async def test_a_replica_stopped_mid_traffic_fails_no_request(tmp_path: Path) -> None:
+    """What a rolling update relies on: SIGTERM one of two replicas (configured as the prod
+    ConfigMap says, on the machine's Postgres and Redis) while a slow query and a batch
+    of requests are in flight through both; nothing fails and the slow query finishes."""
+    import asyncio
+    import os
+    import signal
+    import socket
+    import sys
+    import uuid
+
+    import aiohttp
+    import asyncpg
+
+    from gateway.keyhash import hash_key
+    from tests.test_cache import REDIS_URL
+    from tests.test_data import POSTGRES_DSN
+
+    try:
+        admin = await asyncpg.connect(POSTGRES_DSN, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        skip_or_fail(f"Postgres at {POSTGRES_DSN} is not reachable ({type(exc).__name__})")
+        raise
+    database = f"tw_k8s_{uuid.uuid4().hex[:10]}"
+    await admin.execute(f"CREATE DATABASE {database}")
+    dsn = POSTGRES_DSN.rsplit("/", 1)[0] + f"/{database}"
+    key = "tw_k8s-admin-0123456789abcdefghijklmn"
+    config = tmp_path / "tollway.yaml"
+    config.write_text(by_kind(render("prod"), "ConfigMap")[0]["data"]["tollway.yaml"])
+    ports = []
+    processes = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    env = {
+        **os.environ, "PYTHONPATH": os.getcwd(), "TOLLWAY_CONFIG": str(config),
+        "TOLLWAY_HOST": "127.0.0.1", "TOLLWAY_REPLICAS": "2", "TOLLWAY_STATE_URL": dsn,
+        "TOLLWAY_REDIS_URL": REDIS_URL, "DATABASE_URL": dsn,
+        "TOLLWAY_ADMIN_KEY_HASH": hash_key(key),
+    }  # fmt: skip
+    try:
+        for port in ports:
+            processes.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "serve",
+                    env={**env, "TOLLWAY_PORT": str(port)},
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )  # fmt: skip
+            )
+        headers = {"Authorization": f"Bearer {key}", "Cache-Control": "no-store"}
+        async with aiohttp.ClientSession() as session:
+            for port in ports:
+                for _ in range(200):
+                    try:
+                        async with session.get(f"http://127.0.0.1:{port}/health/ready") as r:
+                            if r.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.05)
+
+            async def ask(port: int, sql: str) -> int:
+                async with session.post(
+                    f"http://127.0.0.1:{port}/v1/query",
+                    json={"backend": "warehouse", "sql": sql},
+                    headers=headers,
+                ) as response:
+                    await response.read()
+                    return response.status
+
+            slow = asyncio.ensure_future(ask(ports[0], "SELECT pg_sleep(1.5) IS NULL AS slept"))
+            batch = [
+                asyncio.ensure_future(ask(ports[i % 2], f"SELECT {i} AS n")) for i in range(20)
+            ]
+            await asyncio.sleep(0.3)
+            processes[0].send_signal(signal.SIGTERM)  # the replica with the slow query
+            statuses = await asyncio.gather(slow, *batch)
+            after = [await ask(ports[1], f"SELECT {i} AS m") for i in range(5)]
+        assert statuses == [200] * 21 and after == [200] * 5
+        assert await asyncio.wait_for(processes[0].wait(), 20) == 0
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        await admin.execute(f"DROP DATABASE {database} WITH (FORCE)")
+        await admin.close()

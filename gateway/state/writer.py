@@ -106,7 +106,7 @@ class BatchWriter:
                 _log.warning(
                     "state store unavailable; %s records wait", self.name, extra={"error": str(exc)}
                 )
-                self._spill_overflow()
+                await self._spill_overflow()
                 return False
             finally:
                 self._on_depth(len(self._buffer))
@@ -119,11 +119,11 @@ class BatchWriter:
             try:
                 await self._insert([record])
             except StoreRejected:
-                self._reject([record])
+                await self._reject([record])
             self._buffer.popleft()
 
-    def _reject(self, records: list[tuple[Any, ...]]) -> None:
-        self._append(self.rejected_path, records)
+    async def _reject(self, records: list[tuple[Any, ...]]) -> None:
+        await asyncio.to_thread(self._append, self.rejected_path, records)
         self._on_reject(len(records))
         _log.error(
             "%s writer: the store refused %d record(s); kept in %s",
@@ -132,15 +132,16 @@ class BatchWriter:
             self.rejected_path,
         )
 
-    def _spill_overflow(self) -> None:
+    async def _spill_overflow(self) -> None:
         excess = len(self._buffer) - self._max
         if excess > 0:
-            self._spill([self._buffer.popleft() for _ in range(excess)])
+            await self._spill([self._buffer.popleft() for _ in range(excess)])
 
-    def _spill(self, records: list[tuple[Any, ...]]) -> None:
+    async def _spill(self, records: list[tuple[Any, ...]]) -> None:
+        """Append to the spill file in a thread: the write and fsync never stall the loop."""
         if not records:
             return
-        self._append(self.spill_path, records)
+        await asyncio.to_thread(self._append, self.spill_path, records)
         self._on_spill(len(records))
 
     @staticmethod
@@ -153,12 +154,15 @@ class BatchWriter:
             os.fsync(spill.fileno())
 
     async def _replay_spill(self) -> None:
-        if not self.spill_path.exists():
-            return
+        """Replay the file a failed replay left (older records) first, then the spill file."""
         replaying = self.spill_path.with_suffix(".replaying")
-        if not replaying.exists():
-            self.spill_path.rename(replaying)
-        lines = replaying.read_bytes().splitlines()
+        while replaying.exists() or self.spill_path.exists():
+            if not replaying.exists():
+                self.spill_path.rename(replaying)
+            await self._replay_file(replaying)
+
+    async def _replay_file(self, replaying: Path) -> None:
+        lines = (await asyncio.to_thread(replaying.read_bytes)).splitlines()
         # The stdlib reads integers exactly at any size (orjson would make a float of a huge one).
         records = [tuple(json.loads(line)) for line in lines if line.strip()]
         written = 0
@@ -173,13 +177,14 @@ class BatchWriter:
                         try:
                             await self._insert([record])
                         except StoreRejected:
-                            self._reject([record])
+                            await self._reject([record])
                         written += 1
         except StoreUnavailable:
             # Keep exactly what was not written, so a later replay adds no duplicates.
-            replaying.write_bytes(b"".join(_line(r) for r in records[written:]))
+            rest = b"".join(_line(r) for r in records[written:])
+            await asyncio.to_thread(replaying.write_bytes, rest)
             raise
-        replaying.unlink()
+        await asyncio.to_thread(replaying.unlink)
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Flush before exit; spill whatever the store would not take in time."""
@@ -188,5 +193,6 @@ class BatchWriter:
         except TimeoutError:
             done = False
         if not done:
-            self._spill(list(self._buffer))
+            records = list(self._buffer)
             self._buffer.clear()
+            await self._spill(records)

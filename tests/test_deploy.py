@@ -170,11 +170,22 @@ async def sse(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def seen_by_tollway(request: web.Request) -> web.Response:
+    """What Tollway believes about the caller once Nginx has forwarded the request."""
+    from gateway.client_ip import request_ip
+
+    return web.json_response(
+        {"ip": request_ip(request), "proto": request.headers.get("X-Forwarded-Proto")}
+    )
+
+
 async def test_https_redirect_sse_and_body_limit_through_real_nginx(
     nginx_binary: str, aiohttp_server: Any, tmp_path: Path
 ) -> None:
     app = create_app(make_config({"server": {"trusted_proxies": ["127.0.0.1"]}}))
     app[route_specs_key][app.router.add_post("/v1/completions", sse)] = RouteSpec("chat", "llm")
+    seen = app.router.add_get("/v1/seen", seen_by_tollway)
+    app[route_specs_key][seen] = RouteSpec("chat", "llm")
     tollway = await aiohttp_server(app)
     path, http, https = nginx_config(tmp_path, tollway.port)
     process = await asyncio.to_thread(
@@ -200,6 +211,13 @@ async def test_https_redirect_sse_and_body_limit_through_real_nginx(
                 f"https://127.0.0.1:{https}/health/live", headers={"X-Request-ID": "abc-123"}
             )
             assert kept.headers["X-Request-ID"] == "abc-123"
+            # Nginx appends its peer (127.0.0.1, a trusted proxy) to X-Forwarded-For, so
+            # Tollway takes the hop before it as the caller, and learns the scheme was https.
+            seen = await session.get(
+                f"https://127.0.0.1:{https}/v1/seen",
+                headers={"Authorization": f"Bearer {USER_KEY}", "X-Forwarded-For": "203.0.113.9"},
+            )
+            assert await seen.json() == {"ip": "203.0.113.9", "proto": "https"}
             redirect = await session.get(
                 f"http://127.0.0.1:{http}/v1/models", allow_redirects=False
             )

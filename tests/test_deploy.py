@@ -252,6 +252,19 @@ def dashboard_expressions() -> list[str]:
     return [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
 
 
+def test_every_dashboard_metric_is_one_tollway_exports() -> None:
+    from gateway.metrics import Metrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    exported = {
+        family.name + suffix
+        for family in Metrics().registry.collect()
+        for suffix in suffixes.get(family.type, ("",))
+    }
+    used = {name for expr in dashboard_expressions() for name in re.findall(r"\btollway_\w+", expr)}
+    assert used and used <= exported, sorted(used - exported)
+
+
 def test_promtool_accepts_the_shipped_prometheus_config() -> None:
     promtool = shutil.which("promtool")
     if promtool is None:

@@ -85,6 +85,18 @@ def test_the_compose_config_is_a_valid_tollway_config_that_agrees_with_nginx() -
     assert grace > config.server.shutdown_timeout_s
 
 
+def test_the_compose_environment_of_tollway_reaches_its_config() -> None:
+    from gateway.config import _OVERRIDES
+
+    environment = COMPOSE["services"]["tollway"]["environment"]
+    for name in environment:
+        if name.startswith("TOLLWAY_") and name not in ("TOLLWAY_CONFIG", "TOLLWAY_SECRET_KEY"):
+            assert name in _OVERRIDES or name == "TOLLWAY_ADMIN_KEY_HASH", name
+    env = {**ENV_EXAMPLE, "TOLLWAY_WORKERS": "3", "TOLLWAY_REPLICAS": "4"}
+    config = load_config(str(ROOT / "deploy/tollway/tollway.yaml"), env=env)
+    assert config.server.workers == 3
+
+
 def test_the_image_runs_as_a_user_and_checks_a_real_probe() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     users = re.findall(r"^USER\s+(\S+)", dockerfile, re.M)

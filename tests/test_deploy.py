@@ -331,6 +331,8 @@ async def test_prometheus_answers_every_dashboard_expression(
     del job["dns_sd_configs"]
     job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(scrape))
+    for rules in scrape.get("rule_files", []):  # resolved next to the config: copy them along
+        shutil.copy(ROOT / "deploy/prometheus" / rules, workdir / rules)
     web_port = _free_port()
     process = await asyncio.to_thread(
         subprocess.Popen,

@@ -8,6 +8,7 @@ request id → access log + metrics → compression → errors → body limit �
 
 from __future__ import annotations
 
+import logging
 import time
 
 import aiohttp_cors
@@ -57,8 +58,25 @@ from gateway.tasks import BackgroundTasks
 
 __all__ = ["create_app"]
 
+_log = logging.getLogger("tollway.app")
+
+
+def warn_if_replicas_share_nothing(config: Config) -> None:
+    """Several replicas with in-process limits each allow the full rate: say so at start."""
+    if config.server.replicas <= 1:
+        return
+    if not config.redis:
+        _log.warning(
+            "running as one of %d replicas with in-process limits and cache: each replica "
+            "allows the full rate; set redis: to share them",
+            config.server.replicas,
+        )
+    if config.state.startswith("sqlite"):
+        _log.warning("running as one of %d replicas on a SQLite state file", config.server.replicas)
+
 
 def create_app(config: Config) -> web.Application:
+    warn_if_replicas_share_nothing(config)
     app = web.Application(
         middlewares=[
             request_id_middleware,

@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     from gateway.keys_cli import add_commands
 
     add_commands(key_commands)
+    secrets = commands.add_parser("secrets", help="encrypt values for the config")
+    secret_commands = secrets.add_subparsers(dest="secrets_command", required=True)
+    secret_commands.add_parser(
+        "encrypt", help="read a value on stdin, print it as a Fernet token (TOLLWAY_SECRET_KEY)"
+    )
     return parser
 
 
@@ -42,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.file)
     if args.command == "keys":
         return _keys(args)
+    if args.command == "secrets":
+        return _encrypt_secret()
     return 2  # pragma: no cover - argparse refuses unknown commands
 
 
@@ -99,6 +106,19 @@ def _serve(path: str | None, workers: int | None = None) -> int:
             )
 
     run(config, on_ready=announce)
+    return 0
+
+
+def _encrypt_secret() -> int:
+    from backends.secrets import encrypt
+
+    value = sys.stdin.read().rstrip("\n")
+    if not value:
+        return _fail("nothing to encrypt: give the value on stdin")
+    try:
+        print(encrypt(value))
+    except ValueError as exc:
+        return _fail(str(exc))
     return 0
 
 

@@ -11,11 +11,13 @@ import contextvars
 import logging
 import re
 import sys
+import time
 from typing import Any, Final, TextIO
 
+import orjson
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-__all__ = ["configure_logging", "log_context", "redact"]
+__all__ = ["configure_logging", "log_context", "redact", "write_access_line"]
 
 log_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "tollway_log_context", default=None
@@ -57,6 +59,50 @@ class _Formatter(OrjsonFormatter):
         return redact(text) if isinstance(text, str) else [redact(line) for line in text]
 
 
+_installed: logging.StreamHandler[TextIO] | None = None
+_access = logging.getLogger("tollway.access")
+_root = logging.getLogger()
+_second = -1
+_second_text = ""
+
+
+def _now_text() -> str:
+    global _second, _second_text
+    now = int(time.time())
+    if now != _second:
+        _second, _second_text = now, time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now))
+    return _second_text
+
+
+def write_access_line(fields: dict[str, Any]) -> None:
+    """The per-request access line, in the same JSON shape as every other line, written
+    straight to Tollway's handler: one orjson call instead of a LogRecord, a filter and a
+    formatter, which cost a quarter of the whole middleware chain. Its fields are ids,
+    names and numbers chosen by the caller, so there is nothing for the redaction filter
+    to find. Without Tollway's handler installed it goes through `logging` as usual."""
+    if not _access.isEnabledFor(logging.INFO):
+        return
+    handler = _installed
+    if handler is None or handler not in _root.handlers or _access.handlers:
+        _access.info("request", extra=fields)
+        return
+    line = orjson.dumps(
+        {
+            "time": _now_text(),
+            "level": "INFO",
+            "logger": "tollway.access",
+            "message": "request",
+            **fields,
+        }  # fmt: skip
+    )
+    handler.acquire()
+    try:
+        handler.stream.write(line.decode() + "\n")
+        handler.flush()
+    finally:
+        handler.release()
+
+
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> logging.Handler:
     """Send every log line to `stream` (stderr) as JSON; returns the handler it installed."""
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -75,6 +121,8 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> logg
             root.removeHandler(old)
     handler._tollway = True  # type: ignore[attr-defined]
     root.addHandler(handler)
+    global _installed
+    _installed = handler
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").disabled = True
     return handler

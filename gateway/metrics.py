@@ -162,6 +162,11 @@ class Metrics:
             "Usage records written to the local spill file while the state store was away.",
             registry=r,
         )
+        self.usage_rejected = Counter(
+            "tollway_usage_rejected",
+            "Usage records the state store refused for their data, kept in the rejected file.",
+            registry=r,
+        )
         self.usage_buffered = Gauge(
             "tollway_usage_buffered",
             "Usage records waiting to be written.",

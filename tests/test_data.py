@@ -565,3 +565,42 @@ async def test_postgres_restarted_mid_run_is_503_then_served_again(
             break
         await asyncio.sleep(0.1)
     assert status == 200 and body["rows"] == [[2]]
+
+
+async def test_postgres_dsn_can_be_fernet_encrypted(
+    aiohttp_client: Any, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cryptography.fernet import Fernet
+
+    from backends.secrets import encrypt
+    from gateway.config_reader import ConfigError
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    token = encrypt(POSTGRES_DSN, old)
+    monkeypatch.setenv("TOLLWAY_SECRET_KEY", f"{new},{old}")  # rotated: the old key still decrypts
+    backend = {"type": "postgres", "dsn_encrypted": token, "timeout_s": 2}
+    client = await aiohttp_client(create_app(make_config({"backends": {"wh": backend}})))
+    status, body = await query(client, f"SELECT count(*) FROM {pg_schema}.orders")
+    assert status == 200 and body["rows"] == [[600]]
+    monkeypatch.setenv("TOLLWAY_SECRET_KEY", new)
+    with pytest.raises(ConfigError, match=r"backends\.wh\.dsn_encrypted: cannot be decrypted"):
+        make_config({"backends": {"wh": backend}})
+
+
+def test_secrets_encrypt_cli_makes_a_token_the_config_accepts(tmp_path: Path) -> None:
+    import sys
+
+    from cryptography.fernet import Fernet
+
+    from backends.secrets import fernet
+
+    key = Fernet.generate_key().decode()
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "secrets", "encrypt"],
+        input="postgresql://u:p@h/db\n", capture_output=True, text=True, timeout=60,
+        env={**os.environ, "TOLLWAY_SECRET_KEY": key, "PYTHONPATH": os.getcwd()},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.strip()
+    assert "postgresql" not in token
+    assert fernet(key).decrypt(token.encode()).decode() == "postgresql://u:p@h/db"

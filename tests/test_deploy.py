@@ -93,6 +93,18 @@ def test_the_compose_config_is_a_valid_tollway_config_that_agrees_with_nginx() -
     assert grace > config.server.shutdown_timeout_s
 
 
+def test_the_compose_environment_of_tollway_reaches_its_config() -> None:
+    from gateway.config import _OVERRIDES
+
+    environment = COMPOSE["services"]["tollway"]["environment"]
+    for name in environment:
+        if name.startswith("TOLLWAY_") and name not in ("TOLLWAY_CONFIG", "TOLLWAY_SECRET_KEY"):
+            assert name in _OVERRIDES or name == "TOLLWAY_ADMIN_KEY_HASH", name
+    env = {**ENV_EXAMPLE, "TOLLWAY_WORKERS": "3", "TOLLWAY_REPLICAS": "4"}
+    config = load_config(str(ROOT / "deploy/tollway/tollway.yaml"), env=env)
+    assert config.server.workers == 3
+
+
 def test_the_image_runs_as_a_user_and_checks_a_real_probe() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     users = re.findall(r"^USER\s+(\S+)", dockerfile, re.M)
@@ -178,11 +190,22 @@ async def sse(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def seen_by_tollway(request: web.Request) -> web.Response:
+    """What Tollway believes about the caller once Nginx has forwarded the request."""
+    from gateway.client_ip import request_ip
+
+    return web.json_response(
+        {"ip": request_ip(request), "proto": request.headers.get("X-Forwarded-Proto")}
+    )
+
+
 async def test_https_redirect_sse_and_body_limit_through_real_nginx(
     nginx_binary: str, aiohttp_server: Any, tmp_path: Path
 ) -> None:
     app = create_app(make_config({"server": {"trusted_proxies": ["127.0.0.1"]}}))
     app[route_specs_key][app.router.add_post("/v1/completions", sse)] = RouteSpec("chat", "llm")
+    seen = app.router.add_get("/v1/seen", seen_by_tollway)
+    app[route_specs_key][seen] = RouteSpec("chat", "llm")
     tollway = await aiohttp_server(app)
     path, http, https = nginx_config(tmp_path, tollway.port)
     process = await asyncio.to_thread(
@@ -208,6 +231,13 @@ async def test_https_redirect_sse_and_body_limit_through_real_nginx(
                 f"https://127.0.0.1:{https}/health/live", headers={"X-Request-ID": "abc-123"}
             )
             assert kept.headers["X-Request-ID"] == "abc-123"
+            # Nginx appends its peer (127.0.0.1, a trusted proxy) to X-Forwarded-For, so
+            # Tollway takes the hop before it as the caller, and learns the scheme was https.
+            seen = await session.get(
+                f"https://127.0.0.1:{https}/v1/seen",
+                headers={"Authorization": f"Bearer {USER_KEY}", "X-Forwarded-For": "203.0.113.9"},
+            )
+            assert await seen.json() == {"ip": "203.0.113.9", "proto": "https"}
             redirect = await session.get(
                 f"http://127.0.0.1:{http}/v1/models", allow_redirects=False
             )
@@ -240,6 +270,19 @@ async def test_https_redirect_sse_and_body_limit_through_real_nginx(
 def dashboard_expressions() -> list[str]:
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/tollway.json").read_text())
     return [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+
+
+def test_every_dashboard_metric_is_one_tollway_exports() -> None:
+    from gateway.metrics import Metrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    exported = {
+        family.name + suffix
+        for family in Metrics().registry.collect()
+        for suffix in suffixes.get(family.type, ("",))
+    }
+    used = {name for expr in dashboard_expressions() for name in re.findall(r"\btollway_\w+", expr)}
+    assert used and used <= exported, sorted(used - exported)
 
 
 def test_promtool_accepts_the_shipped_prometheus_config() -> None:
@@ -296,7 +339,7 @@ async def test_prometheus_answers_every_dashboard_expression(
     del job["dns_sd_configs"]
     job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(scrape))
-    for rules in scrape.get("rule_files", []):  # the alert rules load in the real Prometheus too
+    for rules in scrape.get("rule_files", []):  # resolved next to the config: copy them along
         shutil.copy(ROOT / "deploy/prometheus" / rules, workdir / rules)
     web_port = _free_port()
     process = await asyncio.to_thread(

@@ -18,7 +18,7 @@ from gateway.appkeys import (
     usage_key,
 )
 from gateway.client_ip import request_ip
-from gateway.logs import log_context
+from gateway.logs import log_context, write_access_line
 from gateway.state.service import state_service_key
 from gateway.usage_record import RequestUsage, current_usage
 
@@ -66,9 +66,8 @@ async def _served(
         metrics.request_duration.labels(route, request.method).observe(elapsed)
         context = log_context.get() or {}
         principal = request.get(principal_key)
-        _log.info(
-            "request",
-            extra={
+        write_access_line(
+            {
                 "request_id": context.get("request_id"),
                 "key_id": principal.key_id if principal else None,
                 "tenant": principal.tenant if principal else None,
@@ -82,7 +81,7 @@ async def _served(
                 "latency_ms": round(elapsed * 1000, 3),
                 "bytes_out": _bytes_out(response),
                 "client_ip": request_ip(request),
-            },
+            }
         )
         if principal is not None:
             _record_usage(

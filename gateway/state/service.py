@@ -44,6 +44,7 @@ class StateService:
             spill_dir / "usage.spill.jsonl",
             on_spill=lambda n: metrics.usage_spilled.inc(n),
             on_depth=lambda n: metrics.usage_buffered.set(n),
+            on_reject=lambda n: metrics.usage_rejected.inc(n),
         )
         self.audit = BatchWriter(
             "audit", self._insert_audit, spill_dir / "audit.spill.jsonl", interval_s=0.5

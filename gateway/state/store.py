@@ -21,7 +21,7 @@ import orjson
 
 from gateway.state.schema import MIGRATIONS
 
-__all__ = ["StateStore", "StoreUnavailable", "StoredKey", "open_store"]
+__all__ = ["StateStore", "StoreRejected", "StoreUnavailable", "StoredKey", "open_store"]
 
 Row = Sequence[Any]
 _KEY_COLUMNS = (
@@ -32,6 +32,10 @@ _KEY_COLUMNS = (
 
 class StoreUnavailable(Exception):
     """The store did not answer; callers keep working from memory."""
+
+
+class StoreRejected(Exception):
+    """The store answered and refused the rows (bad data): writing them again will not help."""
 
 
 @dataclass
@@ -206,6 +210,9 @@ class SQLiteStore:
             try:
                 connection.executemany(sql, [tuple(r) for r in rows])
                 connection.execute("COMMIT")
+            except (sqlite3.IntegrityError, sqlite3.DataError, OverflowError) as exc:
+                connection.execute("ROLLBACK")
+                raise StoreRejected(f"sqlite: {type(exc).__name__}") from None
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
@@ -243,6 +250,9 @@ def _numbered(sql: str) -> str:
 
 
 _PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+# The server answered and refused the data itself (a NUL in text, a number out of range, a
+# constraint): retrying the same rows would block every record behind them.
+_PG_REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 class PostgresStore:
@@ -311,6 +321,8 @@ class PostgresStore:
         pool = await self._get_pool()
         try:
             await pool.executemany(_numbered(sql), [tuple(r) for r in rows])
+        except _PG_REJECTED as exc:
+            raise StoreRejected(f"postgres: {type(exc).__name__}") from None
         except _PG_ERRORS as exc:
             raise StoreUnavailable(f"postgres: {type(exc).__name__}") from None
 

@@ -4,12 +4,15 @@
 `interval_s` (or sooner when a batch is full). When the store fails, records stay in the
 buffer; past `max_buffered` the oldest are spilled to a local JSON-lines file, which is
 replayed into the store once it answers again. `close` flushes what is left, spilling it
-if the store is still away, so a SIGTERM loses nothing.
+if the store is still away, so a SIGTERM loses nothing. A batch the store refuses for its data
+(StoreRejected) is written again record by record, and the few records refused on their own go
+to a `<name>.rejected.jsonl` file beside the spill file: kept, but never blocking the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections import deque
@@ -19,11 +22,19 @@ from typing import Any
 
 import orjson
 
-from gateway.state.store import StoreUnavailable
+from gateway.state.store import StoreRejected, StoreUnavailable
 
 __all__ = ["BatchWriter"]
 
 _log = logging.getLogger("tollway.state")
+
+
+def _line(record: tuple[Any, ...]) -> bytes:
+    try:
+        return orjson.dumps(record) + b"\n"
+    except TypeError:  # an integer past 64 bits: the stdlib writes it exactly
+        return json.dumps(record).encode() + b"\n"
+
 
 Insert = Callable[[Sequence[Sequence[Any]]], Awaitable[None]]
 
@@ -37,6 +48,7 @@ class BatchWriter:
         *,
         on_spill: Callable[[int], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
+        on_reject: Callable[[int], None] | None = None,
         batch: int = 500,
         max_buffered: int = 20_000,
         interval_s: float = 1.0,
@@ -51,6 +63,8 @@ class BatchWriter:
         self._wake = asyncio.Event()
         self._on_spill = on_spill or (lambda _n: None)
         self._on_depth = on_depth or (lambda _n: None)
+        self._on_reject = on_reject or (lambda _n: None)
+        self.rejected_path = spill_path.with_name(f"{name}.rejected.jsonl")
         self._flush_lock = asyncio.Lock()
 
     def __len__(self) -> int:
@@ -69,7 +83,10 @@ class BatchWriter:
             except TimeoutError:
                 pass
             self._wake.clear()
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # the loop must outlive any surprise; records stay buffered
+                _log.exception("%s writer: flush failed", self.name)
 
     async def flush(self) -> bool:
         """Write what is buffered (and any spilled file); False if the store is away."""
@@ -78,51 +95,96 @@ class BatchWriter:
                 await self._replay_spill()
                 while self._buffer:
                     batch = [self._buffer[i] for i in range(min(self._batch, len(self._buffer)))]
-                    await self._insert(batch)
+                    try:
+                        await self._insert(batch)
+                    except StoreRejected:
+                        await self._insert_one_by_one(len(batch))
+                        continue
                     for _ in batch:
                         self._buffer.popleft()
             except StoreUnavailable as exc:
                 _log.warning(
                     "state store unavailable; %s records wait", self.name, extra={"error": str(exc)}
                 )
-                self._spill_overflow()
+                await self._spill_overflow()
                 return False
             finally:
                 self._on_depth(len(self._buffer))
             return True
 
-    def _spill_overflow(self) -> None:
+    async def _insert_one_by_one(self, count: int) -> None:
+        """Write the buffer's first `count` records singly; set aside those refused alone."""
+        for _ in range(count):
+            record = self._buffer[0]
+            try:
+                await self._insert([record])
+            except StoreRejected:
+                await self._reject([record])
+            self._buffer.popleft()
+
+    async def _reject(self, records: list[tuple[Any, ...]]) -> None:
+        await asyncio.to_thread(self._append, self.rejected_path, records)
+        self._on_reject(len(records))
+        _log.error(
+            "%s writer: the store refused %d record(s); kept in %s",
+            self.name,
+            len(records),
+            self.rejected_path,
+        )
+
+    async def _spill_overflow(self) -> None:
         excess = len(self._buffer) - self._max
         if excess > 0:
-            self._spill([self._buffer.popleft() for _ in range(excess)])
+            await self._spill([self._buffer.popleft() for _ in range(excess)])
 
-    def _spill(self, records: list[tuple[Any, ...]]) -> None:
+    async def _spill(self, records: list[tuple[Any, ...]]) -> None:
+        """Append to the spill file in a thread: the write and fsync never stall the loop."""
         if not records:
             return
-        self.spill_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.spill_path.open("ab") as spill:
-            for record in records:
-                spill.write(orjson.dumps(record) + b"\n")
-            spill.flush()
-            os.fsync(spill.fileno())
+        await asyncio.to_thread(self._append, self.spill_path, records)
         self._on_spill(len(records))
 
+    @staticmethod
+    def _append(path: Path, records: list[tuple[Any, ...]]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab") as spill:
+            for record in records:
+                spill.write(_line(record))
+            spill.flush()
+            os.fsync(spill.fileno())
+
     async def _replay_spill(self) -> None:
-        if not self.spill_path.exists():
-            return
+        """Replay the file a failed replay left (older records) first, then the spill file."""
         replaying = self.spill_path.with_suffix(".replaying")
-        if not replaying.exists():
-            self.spill_path.rename(replaying)
-        lines = replaying.read_bytes().splitlines()
-        records = [tuple(orjson.loads(line)) for line in lines if line.strip()]
-        for start in range(0, len(records), self._batch):
-            try:
-                await self._insert(records[start : start + self._batch])
-            except StoreUnavailable:
-                # Keep exactly what was not written, so a later replay adds no duplicates.
-                replaying.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records[start:]))
-                raise
-        replaying.unlink()
+        while replaying.exists() or self.spill_path.exists():
+            if not replaying.exists():
+                self.spill_path.rename(replaying)
+            await self._replay_file(replaying)
+
+    async def _replay_file(self, replaying: Path) -> None:
+        lines = (await asyncio.to_thread(replaying.read_bytes)).splitlines()
+        # The stdlib reads integers exactly at any size (orjson would make a float of a huge one).
+        records = [tuple(json.loads(line)) for line in lines if line.strip()]
+        written = 0
+        try:
+            while written < len(records):
+                batch = records[written : written + self._batch]
+                try:
+                    await self._insert(batch)
+                    written += len(batch)
+                except StoreRejected:
+                    for record in batch:
+                        try:
+                            await self._insert([record])
+                        except StoreRejected:
+                            await self._reject([record])
+                        written += 1
+        except StoreUnavailable:
+            # Keep exactly what was not written, so a later replay adds no duplicates.
+            rest = b"".join(_line(r) for r in records[written:])
+            await asyncio.to_thread(replaying.write_bytes, rest)
+            raise
+        await asyncio.to_thread(replaying.unlink)
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Flush before exit; spill whatever the store would not take in time."""
@@ -131,5 +193,6 @@ class BatchWriter:
         except TimeoutError:
             done = False
         if not done:
-            self._spill(list(self._buffer))
+            records = list(self._buffer)
             self._buffer.clear()
+            await self._spill(records)

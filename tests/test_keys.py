@@ -261,6 +261,8 @@ async def test_the_store_stopped_mid_run_loses_no_usage(
     for _ in range(15):
         assert (await client.post("/v1/chat/completions", json=body, headers=headers)).status == 200
     assert await service.usage.flush() is False  # the store is away: records wait
+    scrape = await (await client.get("/metrics")).text()
+    assert 'tollway_state_store_errors_total{operation="write_usage"}' in scrape
     await asyncio.to_thread(throwaway_cluster.start)
     for _ in range(50):
         if await service.usage.flush():

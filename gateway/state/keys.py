@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from gateway.config import Config
 from gateway.keytable import KeyTable, principal_from_config
@@ -48,6 +49,7 @@ class KeySync:
         self.queries = queries
         self.poll_s = poll_s
         self.version = -1
+        self.on_error: Callable[[], None] = lambda: None
         self.refreshed_at = 0.0
 
     async def refresh(self) -> None:
@@ -87,6 +89,7 @@ class KeySync:
                 if await self.queries.version() != self.version:
                     await self.refresh()
             except StoreUnavailable as exc:
+                self.on_error()
                 _log.warning(
                     "key refresh failed; serving the last known keys", extra={"error": str(exc)}
                 )

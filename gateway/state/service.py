@@ -4,6 +4,7 @@ and audit written in the background, everything flushed at shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -38,6 +39,8 @@ class StateService:
         self.keys = sync.queries
         self.migrated = False
         self._refusals = LocalLimiter()
+        self._metrics = metrics
+        sync.on_error = lambda: metrics.state_store_errors.labels("refresh_keys").inc()
         self.usage = BatchWriter(
             "usage",
             self._insert_usage,
@@ -52,14 +55,25 @@ class StateService:
 
     async def _insert_usage(self, rows: Sequence[Sequence[Any]]) -> None:
         marks = ", ".join("?" * 16)
-        await self.store.execute_many(
-            f"INSERT INTO tollway_usage ({USAGE_COLUMNS}) VALUES ({marks})", rows
-        )
+        async with self._counting_errors("write_usage"):
+            await self.store.execute_many(
+                f"INSERT INTO tollway_usage ({USAGE_COLUMNS}) VALUES ({marks})", rows
+            )
 
     async def _insert_audit(self, rows: Sequence[Sequence[Any]]) -> None:
-        await self.store.execute_many(
-            f"INSERT INTO tollway_audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
-        )
+        async with self._counting_errors("write_audit"):
+            await self.store.execute_many(
+                f"INSERT INTO tollway_audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+            )
+
+    @contextlib.asynccontextmanager
+    async def _counting_errors(self, operation: str) -> AsyncIterator[None]:
+        """`tollway_state_store_errors_total{operation}` counts calls the store failed."""
+        try:
+            yield
+        except StoreUnavailable:
+            self._metrics.state_store_errors.labels(operation).inc()
+            raise
 
     async def ensure_ready(self) -> None:
         if not self.migrated:

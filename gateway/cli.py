@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     secret_commands.add_parser(
         "encrypt", help="read a value on stdin, print it as a Fernet token (TOLLWAY_SECRET_KEY)"
     )
+    rotate = secret_commands.add_parser(
+        "rotate", help="print CONFIG with every encrypted value re-encrypted under the first key"
+    )
+    rotate.add_argument("config")
+    from gateway.state_cli import add_commands as add_state_commands
+
+    add_state_commands(commands)
     return parser
 
 
@@ -48,7 +55,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "keys":
         return _keys(args)
     if args.command == "secrets":
-        return _encrypt_secret()
+        return (
+            _rotate_secrets(args.config) if args.secrets_command == "rotate" else _encrypt_secret()
+        )
+    if args.command == "state":
+        from gateway.config import ConfigError, load_config
+        from gateway.state_cli import run as run_state
+
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            return _fail(str(exc))
+        return run_state(config.state, args)
     return 2  # pragma: no cover - argparse refuses unknown commands
 
 
@@ -106,6 +124,21 @@ def _serve(path: str | None, workers: int | None = None) -> int:
             )
 
     run(config, on_ready=announce)
+    return 0
+
+
+def _rotate_secrets(path: str) -> int:
+    import os
+
+    from gateway.state_cli import rotate_secrets
+
+    try:
+        text = open(path, encoding="utf-8").read()  # noqa: SIM115
+        print(rotate_secrets(text, os.environ.get("TOLLWAY_SECRET_KEY", "")), end="")
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a token no key decrypts
+        return _fail(f"a value does not decrypt with TOLLWAY_SECRET_KEY ({type(exc).__name__})")
     return 0
 
 

@@ -106,7 +106,8 @@ def test_restricted_pod_security_on_every_container(overlay: str) -> None:
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-    for container in pod["containers"]:
+    cron = by_kind(render(overlay), "CronJob")[0]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    for container in [*pod["containers"], *cron["containers"]]:
         context = container["securityContext"]
         assert context["allowPrivilegeEscalation"] is False
         assert context["readOnlyRootFilesystem"] is True

@@ -26,6 +26,7 @@ import sqlite3
 import struct
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Final
@@ -224,7 +225,7 @@ def _lines(path: Path, keys: str | None) -> Iterator[bytes]:
         try:
             with gzip.GzipFile(fileobj=stream, mode="rb") as zipped:
                 yield from zipped
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
             raise ArchiveError(
                 f"the archive is damaged or truncated ({type(exc).__name__})"
             ) from None

@@ -63,6 +63,8 @@ REFUSED_POSTGRES = [
 REFUSED_DUCKDB = [
     "ATTACH '/tmp/other.duckdb'",
     "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_parquet('/etc/passwd')",
+    "SELECT * FROM read_csv_auto('/etc/passwd')",
     "SELECT read_text('/etc/passwd')",
     "SELECT * FROM glob('/etc/*')",
     "SELECT * FROM '/etc/passwd'",

@@ -63,6 +63,8 @@ REFUSED_POSTGRES = [
 REFUSED_DUCKDB = [
     "ATTACH '/tmp/other.duckdb'",
     "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_parquet('/etc/passwd')",
+    "SELECT * FROM read_csv_auto('/etc/passwd')",
     "SELECT read_text('/etc/passwd')",
     "SELECT * FROM glob('/etc/*')",
     "SELECT * FROM '/etc/passwd'",
@@ -604,3 +606,18 @@ def test_secrets_encrypt_cli_makes_a_token_the_config_accepts(tmp_path: Path) ->
     token = done.stdout.strip()
     assert "postgresql" not in token
     assert fernet(key).decrypt(token.encode()).decode() == "postgresql://u:p@h/db"
+
+
+async def test_postgres_connection_killed_by_the_server_is_replaced(pg: Start) -> None:
+    client = await pg(pool={"min": 1, "max": 1})
+    status, body = await query(client, "SELECT pg_backend_pid() AS pid")
+    assert status == 200, body
+    pid = body["rows"][0][0]
+    admin = await asyncpg.connect(POSTGRES_DSN, timeout=3)
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1, 5000)", pid) is True
+    finally:
+        await admin.close()
+    status, body = await query(client, "SELECT pg_backend_pid() AS after_kill")
+    assert status == 200, body
+    assert body["rows"][0][0] != pid

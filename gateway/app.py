@@ -51,7 +51,7 @@ from gateway.middleware.rate_limit import rate_limit_middleware
 from gateway.middleware.request_id import request_id_middleware
 from gateway.redis_limiter import RedisLimiter
 from gateway.redis_state import RedisHealth, SharedRedis
-from gateway.routes import admin, data, health, llm, metrics, odata, openapi, search
+from gateway.routes import admin, console, data, health, llm, metrics, odata, openapi, search
 from gateway.routing import RouteDef
 from gateway.state.service import state_context
 from gateway.tasks import BackgroundTasks
@@ -129,6 +129,7 @@ def create_app(config: Config) -> web.Application:
         *data.routes(),
         *admin.routes(),
         *odata.routes(),
+        *(console.routes() if config.server.console else []),
     ]
     route_defs += openapi.routes(route_defs)
     add_routes(app, route_defs)

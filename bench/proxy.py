@@ -143,7 +143,9 @@ def bare_proxy_app(upstream: str) -> web.Application:
     return app
 
 
-def tollway_app(upstream: str, log_level: str = "info") -> web.Application:
+def tollway_app(
+    upstream: str, log_level: str = "info", state: str | None = None
+) -> web.Application:
     from gateway.app import create_app
     from gateway.config import parse_config
     from gateway.keyhash import hash_key
@@ -153,6 +155,7 @@ def tollway_app(upstream: str, log_level: str = "info") -> web.Application:
     config = parse_config(
         {
             "server": {"host": "127.0.0.1", "port": 0},
+            **({"state": state} if state else {}),
             "limits": {
                 "default": ["100000000/minute", "1000000000/hour"],
                 "per_ip_authenticated": ["1000000000/hour"],
@@ -230,6 +233,10 @@ async def run(argv: list[str]) -> None:
         default="info",
         help="Tollway's log level; 'warning' drops the access log line, to see its cost",
     )
+    parser.add_argument(
+        "--state",
+        help="Tollway's state store, e.g. postgresql://… (default: the SQLite file)",
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is not installed (Debian: apt-get install wrk); skipping")
@@ -243,7 +250,7 @@ async def run(argv: list[str]) -> None:
     upstream = start(upstream_app, cpus=LOAD_CPU)
     servers: dict[str, Server] = {
         "bare": start(bare_proxy_app, upstream.url(), cpus=PROXY_CPU),
-        "tollway": start(tollway_app, upstream.url(), args.log_level, cpus=PROXY_CPU),
+        "tollway": start(tollway_app, upstream.url(), args.log_level, args.state, cpus=PROXY_CPU),
     }
     results: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     peak_rss = 0.0

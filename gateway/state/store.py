@@ -147,6 +147,21 @@ class KeyQueries:
 _BUMP = ("UPDATE tollway_meta SET value = value + 1 WHERE name = 'keys_version'", ())
 
 
+def _switch_to_wal(connection: sqlite3.Connection, wait_s: float = 5.0) -> None:
+    """WAL mode, waiting for other processes opening the same new file at the same moment:
+    changing the journal mode answers "database is locked" at once, without the busy
+    timeout, while another connection does the same."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 class SQLiteStore:
     kind = "sqlite"
 
@@ -158,7 +173,7 @@ class SQLiteStore:
     def _conn(self) -> sqlite3.Connection:
         if self._connection is None:
             connection = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(connection)
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA busy_timeout=5000")
             self._connection = connection

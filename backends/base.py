@@ -15,6 +15,7 @@ Kinds:
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -32,6 +33,8 @@ __all__ = [
     "QueryResult",
     "SQLBackend",
     "SearchBackend",
+    "reject_unknown_options",
+    "sql_health",
 ]
 
 BackendKind = Literal["llm", "search", "sql"]
@@ -44,6 +47,23 @@ class OptionError(ValueError):
         super().__init__(f"{key}: {problem}")
         self.key = key
         self.problem = problem
+
+
+def reject_unknown_options(options: Mapping[str, Any], known: frozenset[str], kind: str) -> None:
+    """`OptionError` naming the first option the `kind` adapter does not understand."""
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise OptionError(unknown[0], f"unknown option for the {kind} adapter")
+
+
+async def sql_health(backend: SQLBackend) -> Health:
+    """A data backend's probe: ``SELECT 1`` within two seconds, timed."""
+    started = time.perf_counter()
+    try:
+        await backend.query("SELECT 1", (), CallContext("health", "-"), timeout_s=2.0)
+    except Exception as exc:  # noqa: BLE001 - any failure means not healthy
+        return Health(False, type(exc).__name__, time.perf_counter() - started)
+    return Health(True, "", time.perf_counter() - started)
 
 
 class Factory(Protocol):

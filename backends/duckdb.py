@@ -12,7 +12,6 @@ Options: ``path`` (a file, or ``:memory:``), ``threads`` (queries at once, defau
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +27,8 @@ from backends.base import (
     Health,
     OptionError,
     QueryResult,
+    reject_unknown_options,
+    sql_health,
 )
 from backends.demo_warehouse import create_demo_tables
 from gateway.errors import BackendTimeout, BackendUnavailable, BadRequest
@@ -40,9 +41,7 @@ _OWN_OPTIONS = frozenset({"path", "threads", "memory_limit", "demo"})
 def create(
     name: str, options: Mapping[str, Any], *, timeout_s: float, connect_timeout_s: float
 ) -> Backend:
-    unknown = sorted(set(options) - _OWN_OPTIONS)
-    if unknown:
-        raise OptionError(unknown[0], "unknown option for a duckdb backend")
+    reject_unknown_options(options, _OWN_OPTIONS, "duckdb")
     path = options.get("path", ":memory:")
     if not isinstance(path, str) or not path:
         raise OptionError("path", "expected a file path or :memory:")
@@ -117,12 +116,7 @@ class DuckDBBackend:
             self._executor = None
 
     async def health(self) -> Health:
-        started = time.perf_counter()
-        try:
-            await self.query("SELECT 1", (), CallContext("health", "-"), timeout_s=2.0)
-        except Exception as exc:  # noqa: BLE001 - any failure means not healthy
-            return Health(False, type(exc).__name__, time.perf_counter() - started)
-        return Health(True, "", time.perf_counter() - started)
+        return await sql_health(self)
 
     async def query(
         self, sql: str, params: Sequence[Any], ctx: CallContext, *, timeout_s: float

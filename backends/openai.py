@@ -18,7 +18,14 @@ from typing import Any
 import aiohttp
 import orjson
 
-from backends.base import Backend, BackendKind, CallContext, Health, JSONResponse
+from backends.base import (
+    Backend,
+    BackendKind,
+    CallContext,
+    Health,
+    JSONResponse,
+    reject_unknown_options,
+)
 from backends.http import (
     HTTPOptions,
     new_session,
@@ -41,11 +48,8 @@ _HEALTH_TIMEOUT_S = 3.0
 def create(
     name: str, options: Mapping[str, Any], *, timeout_s: float, connect_timeout_s: float
 ) -> Backend:
-    from backends.base import OptionError
 
-    unknown = sorted(set(options) - _OWN_OPTIONS)
-    if unknown:
-        raise OptionError(unknown[0], "unknown option for an openai backend")
+    reject_unknown_options(options, _OWN_OPTIONS, "openai")
     return OpenAIBackend(
         name,
         HTTPOptions(options, default_base_url=DEFAULT_BASE_URL),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,6 +27,8 @@ from backends.base import (
     Health,
     OptionError,
     QueryResult,
+    reject_unknown_options,
+    sql_health,
 )
 from backends.secrets import decrypt_option
 from gateway.errors import BackendTimeout, BackendUnavailable, BadRequest
@@ -65,9 +66,7 @@ _UNAVAILABLE = (
 def create(
     name: str, options: Mapping[str, Any], *, timeout_s: float, connect_timeout_s: float
 ) -> Backend:
-    unknown = sorted(set(options) - _OWN_OPTIONS)
-    if unknown:
-        raise OptionError(unknown[0], "unknown option for a postgres backend")
+    reject_unknown_options(options, _OWN_OPTIONS, "postgres")
     if ("dsn" in options) == ("dsn_encrypted" in options):
         raise OptionError("dsn", "give exactly one of dsn or dsn_encrypted")
     if "dsn" in options:
@@ -145,12 +144,7 @@ class PostgresBackend:
             self._pool = None
 
     async def health(self) -> Health:
-        started = time.perf_counter()
-        try:
-            await self.query("SELECT 1", (), CallContext("health", "-"), timeout_s=2.0)
-        except Exception as exc:  # noqa: BLE001 - any failure means not healthy
-            return Health(False, type(exc).__name__, time.perf_counter() - started)
-        return Health(True, "", time.perf_counter() - started)
+        return await sql_health(self)
 
     async def query(
         self, sql: str, params: Sequence[Any], ctx: CallContext, *, timeout_s: float

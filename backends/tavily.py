@@ -14,7 +14,14 @@ from typing import Any
 import aiohttp
 import orjson
 
-from backends.base import Backend, BackendKind, CallContext, Health, JSONResponse, OptionError
+from backends.base import (
+    Backend,
+    BackendKind,
+    CallContext,
+    Health,
+    JSONResponse,
+    reject_unknown_options,
+)
 from backends.http import HTTPOptions, new_session, raise_for_upstream, transport_error
 from gateway.errors import BackendUnavailable
 
@@ -28,9 +35,7 @@ _ARRAYS = {"/search": ("results", "images"), "/extract": ("results", "failed_res
 def create(
     name: str, options: Mapping[str, Any], *, timeout_s: float, connect_timeout_s: float
 ) -> Backend:
-    unknown = sorted(set(options) - _OWN_OPTIONS)
-    if unknown:
-        raise OptionError(unknown[0], "unknown option for a tavily backend")
+    reject_unknown_options(options, _OWN_OPTIONS, "tavily")
     return TavilyBackend(
         name,
         HTTPOptions(options, default_base_url=DEFAULT_BASE_URL),

@@ -29,43 +29,19 @@ from bench.proxy import (
     BENCH_KEY,
     CHAT_BODY,
     LOAD_CPU,
-    MODEL,
     PROXY_CPU,
     bare_proxy_app,
     run_wrk,
     upstream_app,
 )
+from bench.proxy import tollway_app as proxy_tollway_app
 
 REDIS_URL = os.environ.get("TOLLWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 
 def tollway_app(upstream: str, extra: dict[str, Any]) -> web.Application:
-    from gateway.app import create_app
-    from gateway.config import parse_config
-    from gateway.keyhash import hash_key
-    from gateway.logs import configure_logging
-
-    configure_logging("info", stream=open(os.devnull, "w"))  # noqa: SIM115
-    config = parse_config(
-        {
-            "server": {"host": "127.0.0.1", "port": 0},
-            "limits": {
-                "default": ["100000000/minute", "1000000000/hour"],
-                "per_ip_authenticated": ["1000000000/hour"],
-            },
-            "backends": {
-                "up": {"type": "openai", "base_url": f"{upstream}/v1", "api_key": "sk-up"}
-            },
-            "models": {MODEL: {"backend": "up"}},
-            "keys": [
-                {"id": "bench", "hash": hash_key(BENCH_KEY), "tenant": "b", "scopes": ["llm"]}
-            ],
-            **extra,
-        },
-        env={},
-        source="bench",
-    )
-    return create_app(config)
+    """`bench.proxy`'s Tollway with more config (cache, Redis)."""
+    return proxy_tollway_app(upstream, "info", None, extra)
 
 
 async def run(argv: list[str]) -> None:

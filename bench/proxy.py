@@ -144,7 +144,10 @@ def bare_proxy_app(upstream: str) -> web.Application:
 
 
 def tollway_app(
-    upstream: str, log_level: str = "info", state: str | None = None
+    upstream: str,
+    log_level: str = "info",
+    state: str | None = None,
+    extra: dict[str, object] | None = None,
 ) -> web.Application:
     from gateway.app import create_app
     from gateway.config import parse_config
@@ -167,6 +170,7 @@ def tollway_app(
             "keys": [
                 {"id": "bench", "hash": hash_key(BENCH_KEY), "tenant": "b", "scopes": ["llm"]}
             ],
+            **(extra or {}),
         },
         env={},
         source="bench",

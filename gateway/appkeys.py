@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from gateway.cache import ResponseCache
-from gateway.client_ip import TrustedProxies
+from gateway.client_ip import client_ip_key, trusted_proxies_key
 from gateway.config import Config
 from gateway.error_tracking import ErrorTracker
 from gateway.keytable import KeyTable
@@ -71,7 +71,6 @@ state_key = web.AppKey("state", AppState)
 tasks_key = web.AppKey("tasks", BackgroundTasks)
 route_specs_key: web.AppKey[dict[AbstractRoute, RouteSpec]] = web.AppKey("route_specs")
 health_sources_key: web.AppKey[list[HealthSource]] = web.AppKey("health_sources")
-trusted_proxies_key = web.AppKey("trusted_proxies", TrustedProxies)
 error_tracker_key = web.AppKey("error_tracker", ErrorTracker)
 response_cache_key = web.AppKey("response_cache", ResponseCache)
 shared_redis_key: web.AppKey[SharedRedis | None] = web.AppKey("shared_redis")
@@ -79,7 +78,6 @@ shared_redis_key: web.AppKey[SharedRedis | None] = web.AppKey("shared_redis")
 request_id_key = web.RequestKey("request_id", str)
 started_key = web.RequestKey("started", float)
 """`time.perf_counter()` when the request reached the first middleware."""
-client_ip_key = web.RequestKey("client_ip", str)
 principal_key = web.RequestKey("principal", Principal)
 route_spec_key = web.RequestKey("route_spec", RouteSpec)
 limit_decision_key = web.RequestKey("limit_decision", Decision)

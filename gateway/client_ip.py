@@ -97,10 +97,14 @@ def client_ip(request: web.Request, trusted: TrustedProxies) -> str:
     return normalize(last_trusted) or last_trusted
 
 
+# Kept here rather than in `gateway.appkeys` (which re-exports them) so `request_ip`
+# needs no import on every call.
+trusted_proxies_key = web.AppKey("trusted_proxies", TrustedProxies)
+client_ip_key = web.RequestKey("client_ip", str)
+
+
 def request_ip(request: web.Request) -> str:
     """`client_ip` of this request, worked out once and kept on it."""
-    from gateway.appkeys import client_ip_key, trusted_proxies_key
-
     found = request.get(client_ip_key)
     if found is None:
         found = request[client_ip_key] = client_ip(request, request.app[trusted_proxies_key])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import io
 import logging
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,12 +16,19 @@ from gateway.app import create_app
 from gateway.config import Config, parse_config
 from gateway.keyhash import hash_key
 from gateway.logs import configure_logging
+from tests.services import (  # noqa: F401 - fixtures every test module may use
+    IN_CI,
+    fake,
+    pg_database,
+    pg_databases,
+    redis_prefix,
+    skip_or_fail,
+    throwaway_cluster,
+)
 
 ADMIN_KEY = "tw_test-admin-0123456789abcdefghijklmnop"
 USER_KEY = "tw_test-user-0123456789abcdefghijklmnopq"
 OTHER_TENANT_KEY = "tw_test-other-0123456789abcdefghijklmno"
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def base_config_data() -> dict[str, Any]:
@@ -61,13 +67,6 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def make_config(extra: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Config:
     return parse_config(merge(base_config_data(), extra or {}), env=env or {}, source="test")
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip with a one-line reason; under CI a missing dependency is a failure instead."""
-    if IN_CI:
-        pytest.fail(f"required under CI: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import openai
 import pytest
-import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
@@ -30,8 +27,8 @@ from tests.conftest import (
     skip_or_fail,
 )
 from tests.fake_providers import UPSTREAM_KEY, FakeProvider
+from tests.services import REDIS_URL, free_port
 
-REDIS_URL = os.environ.get("TOLLWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 TEN_KEY = "tw_ten-per-minute-0123456789abcdefgh"
 AUTH = {"Authorization": f"Bearer {USER_KEY}"}
 Start = Callable[..., Awaitable[TestClient]]
@@ -60,32 +57,6 @@ def config_data(fake_url: str, **extra: Any) -> dict[str, Any]:
             "limits": ["10/minute"]}],
     }  # fmt: skip
     return merge(data, extra)
-
-
-@pytest.fixture
-async def fake(aiohttp_server: Any) -> FakeProvider:
-    provider = FakeProvider()
-    server = await aiohttp_server(provider.app())
-    provider.url = str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]
-    return provider
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    client = aioredis.Redis.from_url(REDIS_URL, socket_timeout=2)
-    try:
-        await client.ping()
-    except Exception as exc:  # noqa: BLE001
-        await client.aclose()
-        skip_or_fail(f"Redis at {REDIS_URL} is not reachable ({type(exc).__name__})")
-    prefix = f"tollway-test:{uuid.uuid4().hex[:10]}:"
-    try:
-        yield prefix
-    finally:
-        keys = [key async for key in client.scan_iter(f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
 
 
 @pytest.fixture
@@ -220,17 +191,11 @@ async def test_two_replicas_share_entries_and_limits_through_redis(
     assert all("Retry-After" in a.headers for a in answers if a.status == 429)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class OwnRedis:
     """A redis-server of the test's own, which it may kill and start again."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.folder = tempfile.mkdtemp(prefix="tollway-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -29,6 +29,7 @@ from gateway.config import load_config
 from gateway.routing import RouteSpec
 from tests.conftest import USER_KEY, make_config, skip_or_fail
 from tests.fake_providers import UPSTREAM_KEY, FakeProvider
+from tests.services import REDIS_URL, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -37,12 +38,6 @@ ENV_EXAMPLE = dict(
     for line in (ROOT / ".env.example").read_text().splitlines()
     if line and not line.startswith("#")
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- Compose, Dockerfile and config agree ------------------------------------------------
@@ -149,7 +144,7 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
 
 
 def nginx_config(folder: Path, upstream_port: int) -> tuple[Path, int, int]:
-    http, https = _free_port(), _free_port()
+    http, https = free_port(), free_port()
     crt, pem = self_signed(folder)
     text = (ROOT / "nginx/nginx.conf").read_text()
     text = text.replace("pid /var/run/nginx.pid;", f"pid {folder / 'nginx.pid'};")
@@ -318,8 +313,6 @@ def workdir() -> Iterator[Path]:
 async def test_prometheus_answers_every_dashboard_expression(
     prometheus_binary: str, aiohttp_server: Any, aiohttp_client: Any, workdir: Path
 ) -> None:
-    from tests.test_cache import REDIS_URL
-
     provider = FakeProvider()
     upstream = await aiohttp_server(provider.app())
     config = make_config({
@@ -345,7 +338,7 @@ async def test_prometheus_answers_every_dashboard_expression(
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(scrape))
     for rules in scrape.get("rule_files", []):  # resolved next to the config: copy them along
         shutil.copy(ROOT / "deploy/prometheus" / rules, workdir / rules)
-    web_port = _free_port()
+    web_port = free_port()
     process = await asyncio.to_thread(
         subprocess.Popen,
         [prometheus_binary, f"--config.file={workdir / 'prometheus.yml'}",

@@ -8,14 +8,11 @@ import gzip
 import json
 import os
 import signal
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import brotli
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
@@ -26,7 +23,8 @@ from gateway.config import Config, ConfigError
 from gateway.routing import RouteSpec
 from gateway.serve import serve
 from gateway.usage_record import current_usage
-from tests.conftest import USER_KEY, make_config, skip_or_fail
+from tests.conftest import USER_KEY, make_config
+from tests.services import REDIS_URL
 
 BAD_KEY = "tw_guessed-0123456789abcdefghijklmnopq"
 PROMPT = "my secret prompt about the merger"
@@ -408,27 +406,6 @@ def test_client_ip_takes_the_rightmost_untrusted_hop(
     request = make_mocked_request("GET", "/", headers=headers)
     request = request.clone(remote=peer)
     assert client_ip(request, TrustedProxies(["10.0.0.0/8"])) == expected
-
-
-REDIS_URL = os.environ.get("TOLLWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    client = aioredis.Redis.from_url(REDIS_URL, socket_timeout=2)
-    try:
-        await client.ping()
-    except Exception as exc:  # noqa: BLE001
-        await client.aclose()
-        skip_or_fail(f"Redis at {REDIS_URL} is not reachable ({type(exc).__name__})")
-    prefix = f"tollway-test:{uuid.uuid4().hex[:10]}:"
-    try:
-        yield prefix
-    finally:
-        keys = [key async for key in client.scan_iter(f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
 
 
 async def test_per_ip_limits_are_shared_across_replicas_through_redis(

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import openai
 import orjson
 import pytest
@@ -19,33 +17,12 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app
 from gateway.keyhash import hash_key
 from gateway.state.service import state_service_key
-from tests.conftest import ADMIN_KEY, USER_KEY, base_config_data, make_config, skip_or_fail
+from tests.conftest import ADMIN_KEY, USER_KEY, base_config_data, make_config
 from tests.fake_providers import UPSTREAM_KEY, FakeProvider
-from tests.test_cache import REDIS_URL
-from tests.test_cache import redis_prefix as redis_prefix  # noqa: F401 - a fixture
-from tests.test_data import throwaway_cluster as throwaway_cluster  # noqa: F401 - a fixture
+from tests.services import REDIS_URL
 
-POSTGRES_DSN = os.environ.get(
-    "TOLLWAY_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
-)
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 Start = Callable[..., Awaitable[TestClient]]
-
-
-@pytest.fixture
-async def pg_database() -> AsyncIterator[str]:
-    try:
-        admin = await asyncpg.connect(POSTGRES_DSN, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        skip_or_fail(f"Postgres at {POSTGRES_DSN} is not reachable ({type(exc).__name__})")
-        raise
-    name = f"tw_state_{uuid.uuid4().hex[:10]}"
-    await admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield POSTGRES_DSN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-        await admin.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -54,14 +31,6 @@ def state_url(request: Any, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'state.db'}"
     url: str = request.getfixturevalue("pg_database")
     return url
-
-
-@pytest.fixture
-async def fake(aiohttp_server: Any) -> FakeProvider:
-    provider = FakeProvider()
-    server = await aiohttp_server(provider.app())
-    provider.url = str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]
-    return provider
 
 
 @pytest.fixture

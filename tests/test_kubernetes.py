@@ -153,41 +153,28 @@ def test_replicas_without_shared_state_warn_at_start(log_lines: Any) -> None:
     assert any("in-process limits" in line for line in log_lines())
 
 
-async def test_a_replica_stopped_mid_traffic_fails_no_request(tmp_path: Path) -> None:
+async def test_a_replica_stopped_mid_traffic_fails_no_request(
+    tmp_path: Path, pg_database: str
+) -> None:
     """What a rolling update relies on: SIGTERM one of two replicas (configured as the prod
     ConfigMap says, on the machine's Postgres and Redis) while a slow query and a batch
     of requests are in flight through both; nothing fails and the slow query finishes."""
     import asyncio
     import os
     import signal
-    import socket
     import sys
-    import uuid
 
     import aiohttp
-    import asyncpg
 
     from gateway.keyhash import hash_key
-    from tests.test_cache import REDIS_URL
-    from tests.test_data import POSTGRES_DSN
+    from tests.services import REDIS_URL, free_port
 
-    try:
-        admin = await asyncpg.connect(POSTGRES_DSN, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        skip_or_fail(f"Postgres at {POSTGRES_DSN} is not reachable ({type(exc).__name__})")
-        raise
-    database = f"tw_k8s_{uuid.uuid4().hex[:10]}"
-    await admin.execute(f"CREATE DATABASE {database}")
-    dsn = POSTGRES_DSN.rsplit("/", 1)[0] + f"/{database}"
+    dsn = pg_database
     key = "tw_k8s-admin-0123456789abcdefghijklmn"
     config = tmp_path / "tollway.yaml"
     config.write_text(by_kind(render("prod"), "ConfigMap")[0]["data"]["tollway.yaml"])
-    ports = []
+    ports = [free_port(), free_port()]
     processes = []
-    for _ in range(2):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
     env = {
         **os.environ, "PYTHONPATH": os.getcwd(), "TOLLWAY_CONFIG": str(config),
         "TOLLWAY_HOST": "127.0.0.1", "TOLLWAY_REPLICAS": "2", "TOLLWAY_STATE_URL": dsn,
@@ -243,5 +230,3 @@ async def test_a_replica_stopped_mid_traffic_fails_no_request(tmp_path: Path) ->
             if process.returncode is None:
                 process.kill()
                 await process.wait()
-        await admin.execute(f"DROP DATABASE {database} WITH (FORCE)")
-        await admin.close()

@@ -5,76 +5,17 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import groq
 import openai
 import pytest
-from aiohttp.test_utils import TestClient
 
-from gateway.app import create_app
 from gateway.config_reader import ConfigError
-from tests.conftest import ADMIN_KEY, USER_KEY, base_config_data, make_config, merge
+from tests.conftest import ADMIN_KEY, USER_KEY, base_config_data, make_config
 from tests.fake_providers import TAVILY_KEY, UPSTREAM_KEY, FakeProvider
-
-Tollway = Callable[..., Awaitable[TestClient]]
-HI = [{"role": "user", "content": "x"}]
-
-
-def llm_config(url: str) -> dict[str, Any]:
-    common = {
-        "api_key": UPSTREAM_KEY,
-        "timeout_s": 3,
-        "retries": 2,
-        "breaker": {"failures": 3, "reset_s": 60},
-        "first_token_timeout_s": 1,
-        "idle_timeout_s": 0.5,
-    }
-    return {
-        "backends": {
-            "openai": {"type": "openai", "base_url": f"{url}/v1", **common},
-            "groq": {"type": "openai", "base_url": f"{url}/openai/v1", **common},
-            "tavily": {"type": "tavily", "base_url": url, "api_key": TAVILY_KEY},
-        },
-        "models": {
-            "gpt-4o-mini": {"backend": "openai", "fallbacks": ["llama-3.1-8b-instant"]},
-            "llama-3.1-8b-instant": {"backend": "groq"},
-            "solo": {"backend": "openai", "model": "solo-upstream"},
-        },
-    }
-
-
-@pytest.fixture
-async def fake(aiohttp_server: Any) -> FakeProvider:
-    provider = FakeProvider()
-    server = await aiohttp_server(provider.app())
-    provider.url = str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]
-    return provider
-
-
-@pytest.fixture
-def tollway(aiohttp_client: Any, fake: FakeProvider) -> Tollway:
-    async def start(extra: dict[str, Any] | None = None) -> TestClient:
-        data = merge(llm_config(fake.url), extra or {})  # type: ignore[attr-defined]
-        client: TestClient = await aiohttp_client(
-            create_app(make_config(data)), server_kwargs={"handler_cancellation": True}
-        )
-        return client
-
-    return start
-
-
-def sdk(client: TestClient, key: str = USER_KEY) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(
-        base_url=str(client.make_url("/v1")), api_key=key, max_retries=0, timeout=10
-    )
-
-
-async def metrics_text(client: TestClient) -> str:
-    response = await client.get("/metrics")
-    return await response.text()
-
+from tests.llm_support import HI, Tollway, metrics_text, sdk
+from tests.llm_support import tollway as tollway  # noqa: F401 - a fixture
 
 # --- the happy paths, through the SDKs users use -------------------------------------
 
@@ -538,140 +479,6 @@ async def test_bulkhead_caps_in_flight_calls(tollway: Tollway, fake: FakeProvide
     assert raised.value.status_code == 503 and raised.value.code == "backend_overloaded"
     with pytest.raises(openai.APIStatusError):
         await first
-
-
-# --- streams never lie -----------------------------------------------------------------
-
-
-async def _stream_error(client: TestClient, model: str = "solo") -> tuple[str, openai.APIError]:
-    stream = await sdk(client).chat.completions.create(model=model, messages=HI, stream=True)
-    text = ""
-    with pytest.raises(openai.APIError) as raised:
-        async for chunk in stream:
-            text += "".join(c.delta.content or "" for c in chunk.choices)
-    return text, raised.value
-
-
-@pytest.mark.parametrize("mode", ["cut", "stall", "malformed", "clean-cut"])
-async def test_a_stream_failing_after_the_first_byte_ends_with_an_error_event(
-    tollway: Tollway, fake: FakeProvider, mode: str
-) -> None:
-    client = await tollway()
-    fake.hang_s = 5
-    fake.script("chat", mode)
-    started = time.monotonic()
-    text, error = await _stream_error(client)
-    assert text in ("Hel", "Hello")
-    assert "error" in str(error.body) or error.message
-    assert time.monotonic() - started < 3  # the stall is cut at the idle timeout
-    assert fake.hits("chat") == 1  # bytes already reached the client: no retry
-
-
-async def test_a_stream_that_finished_without_done_is_closed_properly(
-    tollway: Tollway, fake: FakeProvider
-) -> None:
-    client = await tollway()
-    fake.script("chat", "no-done")
-    response = await client.post(
-        "/v1/chat/completions",
-        json={"model": "solo", "messages": [{"role": "user", "content": "x"}], "stream": True},
-        headers={"Authorization": f"Bearer {USER_KEY}"},
-    )
-    body = await response.read()
-    assert response.headers["X-Accel-Buffering"] == "no"
-    assert body.endswith(b"data: [DONE]\n\n")
-    assert b'"error"' not in body and b'"choices":[]' not in body
-
-
-@pytest.mark.parametrize("drain_s", [0.1, 1.5])
-async def test_an_upstream_that_lingers_after_done_is_closed_after_the_drain_time(
-    tollway: Tollway, fake: FakeProvider, drain_s: float
-) -> None:
-    # (the drain also ends at the idle timeout: keep that out of the way)
-    client = await tollway({"backends": {"openai": {"done_drain_s": drain_s, "idle_timeout_s": 5}}})
-    fake.script("chat", "linger")
-    started = time.monotonic()
-    response = await client.post(
-        "/v1/chat/completions",
-        json={"model": "solo", "messages": HI, "stream": True},
-        headers={"Authorization": f"Bearer {USER_KEY}"},
-    )
-    assert (await response.read()).endswith(b"data: [DONE]\n\n")
-    assert time.monotonic() - started < 1  # the client does not wait for the drain
-    if drain_s < 1:
-        await asyncio.wait_for(fake.disconnected.wait(), 1)  # Tollway hung up
-    else:
-        await asyncio.sleep(0.7)
-        assert not fake.disconnected.is_set()  # still draining: the option is honoured
-        await asyncio.wait_for(fake.disconnected.wait(), 2)
-
-
-async def test_a_slow_first_token_falls_over_before_any_byte(
-    tollway: Tollway, fake: FakeProvider
-) -> None:
-    client = await tollway()
-    fake.script("chat", "slow-first")
-    response = await client.post(
-        "/v1/chat/completions",
-        json={
-            "model": "gpt-4o-mini",
-            "messages": [{"role": "user", "content": "x"}],
-            "stream": True,
-        },
-        headers={"Authorization": f"Bearer {USER_KEY}"},
-    )
-    assert response.headers["X-Tollway-Model"] == "llama-3.1-8b-instant"
-    assert (await response.read()).endswith(b"data: [DONE]\n\n")
-
-
-async def test_a_stream_that_cannot_start_is_an_ordinary_error(
-    tollway: Tollway, fake: FakeProvider
-) -> None:
-    client = await tollway()
-    fake.script("chat", "slow-first")
-    response = await client.post(
-        "/v1/chat/completions",
-        json={"model": "solo", "messages": [{"role": "user", "content": "x"}], "stream": True},
-        headers={"Authorization": f"Bearer {USER_KEY}"},
-    )
-    assert response.status == 504
-    assert (await response.json())["error"]["code"] == "upstream_timeout"
-
-
-async def test_a_client_that_hangs_up_stops_the_upstream_stream(
-    tollway: Tollway, fake: FakeProvider
-) -> None:
-    client = await tollway()
-    fake.stream_gap_s = 0.3
-    response = await client.post(
-        "/v1/chat/completions",
-        json={"model": "solo", "messages": [{"role": "user", "content": "x"}], "stream": True},
-        headers={"Authorization": f"Bearer {USER_KEY}"},
-    )
-    first = await response.content.readline()
-    assert first.startswith(b"data: ")
-    response.close()
-    await asyncio.wait_for(fake.disconnected.wait(), 2)
-
-
-async def test_upstream_error_event_is_passed_on(tollway: Tollway, fake: FakeProvider) -> None:
-    client = await tollway()
-    fake.script("chat", "error-event")
-    text, error = await _stream_error(client)
-    assert text == "Hel"
-    assert "overloaded" in str(error.body) + error.message
-    assert fake.hits("chat") == 1
-
-
-async def test_events_split_across_reads_with_crlf_and_comments_are_relayed_whole(
-    tollway: Tollway, fake: FakeProvider
-) -> None:
-    client = await tollway()
-    fake.script("chat", "crlf-split")
-    stream = await sdk(client).chat.completions.create(model="solo", messages=HI, stream=True)
-    chunks = [chunk async for chunk in stream]
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello there"
-    assert chunks[-1].choices[0].finish_reason == "stop"
 
 
 # --- configuration --------------------------------------------------------------------

@@ -12,7 +12,7 @@ from bench.loadtest import run
 from gateway.app import create_app
 from tests.conftest import USER_KEY, make_config, merge
 from tests.fake_providers import FakeProvider
-from tests.test_llm import llm_config
+from tests.llm_support import llm_config
 
 
 async def test_a_short_mixed_run_reports_every_class(

@@ -8,12 +8,10 @@ import gzip
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
@@ -23,43 +21,10 @@ from gateway.app import create_app
 from gateway.state.archive import ArchiveError, backup, restore, verify
 from gateway.state.service import state_service_key
 from gateway.state_cli import prune, rotate_secrets
-from tests.conftest import ADMIN_KEY, make_config, skip_or_fail
+from tests.conftest import ADMIN_KEY, make_config
 
-POSTGRES_DSN = os.environ.get(
-    "TOLLWAY_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
-)
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 Start = Callable[[str], Awaitable[TestClient]]
-
-
-async def new_database() -> tuple[str, Callable[[], Awaitable[None]]]:
-    try:
-        admin = await asyncpg.connect(POSTGRES_DSN, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        skip_or_fail(f"Postgres at {POSTGRES_DSN} is not reachable ({type(exc).__name__})")
-        raise
-    name = f"tw_archive_{uuid.uuid4().hex[:10]}"
-    await admin.execute(f"CREATE DATABASE {name}")
-
-    async def drop() -> None:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.close()
-
-    return POSTGRES_DSN.rsplit("/", 1)[0] + f"/{name}", drop
-
-
-@pytest.fixture
-async def databases() -> AsyncIterator[Callable[[], Awaitable[str]]]:
-    drops: list[Callable[[], Awaitable[None]]] = []
-
-    async def make() -> str:
-        url, drop = await new_database()
-        drops.append(drop)
-        return url
-
-    yield make
-    for drop in drops:
-        await drop()
 
 
 @pytest.fixture
@@ -123,8 +88,8 @@ async def check_restored(
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-async def test_restore_drill(start: Start, tmp_path: Path, kind: str, databases: Any) -> None:
-    state = f"sqlite:///{tmp_path / 'state.db'}" if kind == "sqlite" else await databases()
+async def test_restore_drill(start: Start, tmp_path: Path, kind: str, pg_databases: Any) -> None:
+    state = f"sqlite:///{tmp_path / 'state.db'}" if kind == "sqlite" else await pg_databases()
     client = await start(state)
     secrets = await populate(client)
     before = await answers(client)
@@ -136,20 +101,20 @@ async def test_restore_drill(start: Start, tmp_path: Path, kind: str, databases:
     await load
     assert manifest["tables"]["tollway_keys"]["rows"] == 3
     assert await asyncio.to_thread(verify, archive, None)
-    target = f"sqlite:///{tmp_path / 'fresh.db'}" if kind == "sqlite" else await databases()
+    target = f"sqlite:///{tmp_path / 'fresh.db'}" if kind == "sqlite" else await pg_databases()
     await restore(target, archive, None, force=False)
     restored = await start(target)
     await check_restored(restored, secrets, before)
 
 
-async def test_sqlite_to_postgres(start: Start, tmp_path: Path, databases: Any) -> None:
+async def test_sqlite_to_postgres(start: Start, tmp_path: Path, pg_databases: Any) -> None:
     sqlite_state = f"sqlite:///{tmp_path / 'embedded.db'}"
     client = await start(sqlite_state)
     secrets = await populate(client)
     before = await answers(client)
     archive = tmp_path / "move.twb"
     await backup(sqlite_state, archive)
-    postgres_state = await databases()
+    postgres_state = await pg_databases()
     await restore(postgres_state, archive, None, force=False)
     await check_restored(await start(postgres_state), secrets, before)
 

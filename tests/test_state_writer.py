@@ -15,7 +15,6 @@ from gateway.state.schema import MIGRATIONS
 from gateway.state.service import USAGE_COLUMNS
 from gateway.state.store import open_store
 from gateway.state.writer import BatchWriter
-from tests.test_keys import pg_database as pg_database  # noqa: F401 - a fixture
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -176,24 +176,25 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if not cache.enabled_for("chat"):
             return await _stream_chat(request, body, targets, None)
         key = cache_key(request[principal_key].tenant, "chat", *parts)
-        produce = partial(_stream_chat, request, body, targets, key)
-        return await cache.serve(request, "chat", key, produce, storable=lambda _: None)
-    return await cached(request, "chat", parts, partial(_chat_answer, request, body, targets))
+        relay = partial(_stream_chat, request, body, targets, key)
+        return await cache.serve(request, "chat", key, relay, storable=lambda _: None)
+    answer = partial(_json_answer, request, body, targets, "chat")
+    return await cached(request, "chat", parts, answer)
 
 
-async def _chat_answer(
-    request: web.Request, body: dict[str, Any], targets: list[Target]
+async def _json_answer(
+    request: web.Request, body: dict[str, Any], targets: list[Target], operation: str
 ) -> web.Response:
+    """A non-streaming call (``chat`` or ``embeddings``) to the first target that answers."""
     ctx = _context(request)
 
-    async def chat(target: Target) -> JSONResponse:
-        answer: JSONResponse = await target.guard.backend.chat(
-            {**body, "model": target.upstream_model}, ctx
-        )
+    async def call(target: Target) -> JSONResponse:
+        method = getattr(target.guard.backend, operation)
+        answer: JSONResponse = await method({**body, "model": target.upstream_model}, ctx)
         return answer
 
     started = time.perf_counter()
-    answer, target = await first_that_answers(request, targets, chat)
+    answer, target = await first_that_answers(request, targets, call)
     _record(request, target, time.perf_counter() - started, *_tokens_of(answer.body))
     return _answer(answer, target)
 
@@ -203,26 +204,8 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     targets = request.app[llm_router_key].targets(request[principal_key], body.get("model"))
     _checked_body(body, "input")
     parts = (targets[0].name, targets[0].guard.name, canonical_body(body))
-    return await cached(
-        request, "embeddings", parts, partial(_embeddings_answer, request, body, targets)
-    )
-
-
-async def _embeddings_answer(
-    request: web.Request, body: dict[str, Any], targets: list[Target]
-) -> web.Response:
-    ctx = _context(request)
-
-    async def embed(target: Target) -> JSONResponse:
-        answer: JSONResponse = await target.guard.backend.embeddings(
-            {**body, "model": target.upstream_model}, ctx
-        )
-        return answer
-
-    started = time.perf_counter()
-    answer, target = await first_that_answers(request, targets, embed)
-    _record(request, target, time.perf_counter() - started, *_tokens_of(answer.body))
-    return _answer(answer, target)
+    produce = partial(_json_answer, request, body, targets, "embeddings")
+    return await cached(request, "embeddings", parts, produce)
 
 
 async def _open_stream(

@@ -22,8 +22,8 @@ from aiohttp import web
 
 from backends.base import Column
 from bench._procs import start
-from gateway.middleware.compression import _brotli, _gzip
-from gateway.sql_json import encode_result
+from gateway.data.sql_json import encode_result
+from gateway.edge.compression import _brotli, _gzip
 
 BENCH_KEY = "tw_bench-data-0123456789abcdefghijklmnop"
 SQL = "SELECT order_id, tenant_id, region, product, ordered_at, amount, quantity FROM orders"
@@ -32,8 +32,8 @@ SQL = "SELECT order_id, tenant_id, region, product, ordered_at, amount, quantity
 def tollway_app(path: str, rows: int) -> web.Application:
     from gateway.app import create_app
     from gateway.config import parse_config
-    from gateway.keyhash import hash_key
-    from gateway.logs import configure_logging
+    from gateway.config.keyhash import hash_key
+    from gateway.ops.logs import configure_logging
 
     configure_logging("info", stream=open(os.devnull, "w"))  # noqa: SIM115
     config = parse_config(

@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.tasks import spawn
+from gateway.ops.tasks import spawn
 
 __all__ = ["run"]
 

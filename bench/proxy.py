@@ -151,8 +151,8 @@ def tollway_app(
 ) -> web.Application:
     from gateway.app import create_app
     from gateway.config import parse_config
-    from gateway.keyhash import hash_key
-    from gateway.logs import configure_logging
+    from gateway.config.keyhash import hash_key
+    from gateway.ops.logs import configure_logging
 
     configure_logging(log_level, stream=open(os.devnull, "w"))  # noqa: SIM115
     config = parse_config(

@@ -42,11 +42,10 @@ def bare_app() -> web.Application:
 
 def tollway_app(log_level: str = "info", front_door: bool = True) -> web.Application:
     from gateway.app import create_app
-    from gateway.appkeys import route_specs_key
     from gateway.config import parse_config
-    from gateway.keyhash import hash_key
-    from gateway.logs import configure_logging
-    from gateway.routing import RouteSpec
+    from gateway.config.keyhash import hash_key
+    from gateway.ops.logs import configure_logging
+    from gateway.routing import RouteSpec, route_specs_key
 
     configure_logging(log_level, stream=open(os.devnull, "w"))  # noqa: SIM115
     config = parse_config(

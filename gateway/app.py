@@ -3,7 +3,7 @@ see the whole request path.
 
 Request path, outermost first:
 request id → access log + metrics → compression → errors → body limit → per-IP limit
-→ auth → rate limit → route.
+→ auth → rate limit → budget → route.
 """
 
 from __future__ import annotations
@@ -15,50 +15,58 @@ import aiohttp_cors
 from aiohttp import web
 
 from gateway import __version__
-from gateway.adapters import backends_context
-from gateway.appkeys import (
+from gateway.admin import console
+from gateway.admin import routes as admin
+from gateway.cache.response_cache import ResponseCache, response_cache_key
+from gateway.config import Config, config_key
+from gateway.data import odata
+from gateway.data import routes as data
+from gateway.data.datasets import build_datasets
+from gateway.edge.access_log import access_log_middleware
+from gateway.edge.auth import auth_middleware
+from gateway.edge.body_limit import body_limit_middleware
+from gateway.edge.budget import budget_middleware
+from gateway.edge.client_ip import TrustedProxies, trusted_proxies_key
+from gateway.edge.compression import compression_middleware
+from gateway.edge.error_answers import errors_middleware
+from gateway.edge.headers import add_common_headers
+from gateway.edge.ip_limit import ip_limit_middleware
+from gateway.edge.key_sync import key_sync_context
+from gateway.edge.keytable import KeyTable, key_table_key
+from gateway.edge.rate_limit import rate_limit_middleware
+from gateway.edge.request_id import request_id_middleware
+from gateway.llm import routes as llm
+from gateway.llm import search
+from gateway.ops import health_routes, metrics_route, openapi
+from gateway.ops.error_tracking import ErrorTracker, error_tracker_key
+from gateway.ops.health import health_sources_key
+from gateway.ops.lifecycle import (
     AppState,
-    config_key,
-    error_tracker_key,
-    health_sources_key,
-    key_table_key,
-    limiter_key,
-    metrics_key,
-    response_cache_key,
-    route_specs_key,
-    shared_redis_key,
+    background_tasks,
+    loop_lag_probe,
+    mark_started,
     state_key,
-    tasks_key,
-    trusted_proxies_key,
 )
-from gateway.cache import ResponseCache
-from gateway.client_ip import TrustedProxies
-from gateway.config import Config
-from gateway.error_tracking import ErrorTracker
-from gateway.headers import add_common_headers
-from gateway.keytable import KeyTable
-from gateway.lifecycle import background_tasks, loop_lag_probe, mark_started
-from gateway.limiter import Limiter, LocalLimiter
-from gateway.metrics import Metrics
-from gateway.middleware.access_log import access_log_middleware
-from gateway.middleware.auth import auth_middleware
-from gateway.middleware.body_limit import body_limit_middleware
-from gateway.middleware.budget import budget_middleware
-from gateway.middleware.compression import compression_middleware
-from gateway.middleware.errors import errors_middleware
-from gateway.middleware.ip_limit import ip_limit_middleware
-from gateway.middleware.rate_limit import rate_limit_middleware
-from gateway.middleware.request_id import request_id_middleware
-from gateway.redis_limiter import RedisLimiter
-from gateway.redis_state import RedisHealth, SharedRedis
-from gateway.routes import admin, console, data, health, llm, metrics, odata, openapi, search
-from gateway.routing import RouteDef
+from gateway.ops.metrics import Metrics, metrics_key
+from gateway.ops.tasks import BackgroundTasks, tasks_key
+from gateway.resilience.adapters import backends_context, create_backend
+from gateway.resilience.limiter import Limiter, LocalLimiter, limiter_key
+from gateway.resilience.redis_limiter import RedisLimiter
+from gateway.resilience.shared_redis import RedisHealth, SharedRedis, shared_redis_key
+from gateway.routing import RouteDef, route_specs_key
 from gateway.state.service import state_context
-from gateway.tasks import BackgroundTasks
 
-__all__ = ["create_app"]
+__all__ = ["check_config", "create_app"]
 
 _log = logging.getLogger("tollway.app")
+
+
+def check_config(config: Config) -> None:
+    """What the config alone cannot check, checked by building it (no I/O): each adapter's
+    own options and each dataset's SQL. Raises `ConfigError` naming the key at fault."""
+    for backend in config.backends.values():
+        create_backend(backend)
+    build_datasets(config)
 
 
 def warn_if_replicas_share_nothing(config: Config) -> None:
@@ -76,6 +84,7 @@ def warn_if_replicas_share_nothing(config: Config) -> None:
 
 
 def create_app(config: Config) -> web.Application:
+    check_config(config)
     warn_if_replicas_share_nothing(config)
     app = web.Application(
         middlewares=[
@@ -122,8 +131,8 @@ def create_app(config: Config) -> web.Application:
     app[error_tracker_key] = ErrorTracker(config.server.sentry_dsn, release=__version__)
 
     route_defs: list[RouteDef] = [
-        *health.routes(),
-        *metrics.routes(),
+        *health_routes.routes(),
+        *metrics_route.routes(),
         *llm.routes(),
         *search.routes(),
         *data.routes(),
@@ -140,7 +149,9 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(loop_lag_probe)
     app.cleanup_ctx.append(backends_context)
     app.cleanup_ctx.append(state_context)
+    app.cleanup_ctx.append(key_sync_context)
     app.cleanup_ctx.append(mark_started)
+    app.on_cleanup.append(_close_limiter)
     app.on_cleanup.append(_close_error_tracker)
     llm.setup(app)
     data.setup(app)
@@ -166,6 +177,10 @@ def add_cors(app: web.Application, origins: tuple[str, ...]) -> None:
     cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
     for route in list(app.router.routes()):
         cors.add(route)
+
+
+async def _close_limiter(app: web.Application) -> None:
+    await app[limiter_key].close()
 
 
 async def _close_error_tracker(app: web.Application) -> None:

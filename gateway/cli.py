@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     key_commands.add_parser("new", help="print a fresh key and its sha256 hash")
     hash_ = key_commands.add_parser("hash", help="print the sha256 hash of KEY for the config")
     hash_.add_argument("key")
-    from gateway.keys_cli import add_commands
+    from gateway.state.keys_cli import add_commands
 
     add_commands(key_commands)
     secrets = commands.add_parser("secrets", help="encrypt values for the config")
@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         "rotate", help="print CONFIG with every encrypted value re-encrypted under the first key"
     )
     rotate.add_argument("config")
-    from gateway.state_cli import add_commands as add_state_commands
+    from gateway.state.cli import add_commands as add_state_commands
 
     add_state_commands(commands)
     return parser
@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "state":
         from gateway.config import ConfigError, load_config
-        from gateway.state_cli import run as run_state
+        from gateway.state.cli import run as run_state
 
         try:
             config = load_config(args.config)
@@ -76,10 +76,12 @@ def _fail(message: str) -> int:
 
 
 def _check_config(path: str) -> int:
+    from gateway.app import check_config
     from gateway.config import ConfigError, load_config
 
     try:
         config = load_config(path)
+        check_config(config)
     except ConfigError as exc:
         return _fail(str(exc))
     print(
@@ -92,10 +94,12 @@ def _check_config(path: str) -> int:
 def _serve(path: str | None, workers: int | None = None) -> int:
     import os
 
+    from gateway.app import check_config
     from gateway.config import ConfigError, load_config
-    from gateway.logs import configure_logging
+    from gateway.embedded import announce
+    from gateway.ops.logs import configure_logging
+    from gateway.ops.workers import WORKER_INDEX_ENV, run_workers
     from gateway.serve import run
-    from gateway.workers import WORKER_INDEX_ENV, run_workers
 
     if workers is not None:
         if workers < 1:
@@ -103,6 +107,7 @@ def _serve(path: str | None, workers: int | None = None) -> int:
         os.environ["TOLLWAY_WORKERS"] = str(workers)
     try:
         config = load_config(path)
+        check_config(config)
     except ConfigError as exc:
         return _fail(str(exc))
     worker_index = os.environ.get(WORKER_INDEX_ENV)
@@ -111,26 +116,19 @@ def _serve(path: str | None, workers: int | None = None) -> int:
     configure_logging(config.server.log_level)
     first = worker_index in (None, "0")
 
-    def announce(addresses: list[object]) -> None:
-        host, port = addresses[0][:2]  # type: ignore[index]
-        if not first:
-            return
-        print(f"Tollway {__version__} listening on http://{host}:{port}", flush=True)
-        if config.demo_key:
-            print(
-                "No config given: serving the embedded default.\n"
-                f"Demo key (shown once; it changes at every start): {config.demo_key}",
-                flush=True,
-            )
+    def on_ready(addresses: list[object]) -> None:
+        if first:
+            host, port = addresses[0][:2]  # type: ignore[index]
+            announce(config, host, port)
 
-    run(config, on_ready=announce)
+    run(config, on_ready=on_ready)
     return 0
 
 
 def _rotate_secrets(path: str) -> int:
     import os
 
-    from gateway.state_cli import rotate_secrets
+    from gateway.state.cli import rotate_secrets
 
     try:
         text = open(path, encoding="utf-8").read()  # noqa: SIM115
@@ -156,12 +154,11 @@ def _encrypt_secret() -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from gateway.embedded import new_key
-    from gateway.keyhash import hash_key
+    from gateway.config.keyhash import hash_key, new_key
 
     if args.keys_command in ("create", "list", "revoke", "rotate"):
         from gateway.config import ConfigError, load_config
-        from gateway.keys_cli import run
+        from gateway.state.keys_cli import run
 
         try:
             config = load_config(args.config)

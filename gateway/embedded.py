@@ -1,56 +1,19 @@
-"""The embedded default: what `tollway serve` runs when it is given no config file."""
+"""What `tollway serve` tells the person who started it: where Tollway listens and, on
+the embedded default (no config file), the demo key it made for this run."""
 
 from __future__ import annotations
 
-import os
-import secrets
-from typing import Any
+from gateway import __version__
+from gateway.config import Config
 
-from gateway.keyhash import hash_key
-
-__all__ = ["embedded_config_data", "new_key"]
+__all__ = ["announce"]
 
 
-def new_key() -> str:
-    """A fresh high-entropy API key (256 bits, URL-safe)."""
-    return "tw_" + secrets.token_urlsafe(32)
-
-
-def embedded_config_data() -> tuple[dict[str, Any], str]:
-    """The default config as parsed YAML would be, and the demo key it accepts."""
-    # Workers of one `serve --workers N` share the key their parent made.
-    demo_key = os.environ.get("TOLLWAY_DEMO_KEY") or new_key()
-    data: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "port": 8080},
-        "state": "sqlite:///./tollway-state.db",
-        "backends": {"demo": {"type": "duckdb", "demo": True, "timeout_s": 30}},
-        "datasets": {
-            "orders": {
-                "backend": "demo",
-                "table": "orders",
-                "tenant_column": "tenant_id",
-                "time_dimension": "day",
-                "dimensions": {
-                    "region": "region",
-                    "product": "product",
-                    "day": "CAST(ordered_at AS DATE)",
-                    "month": "strftime(ordered_at, '%Y-%m')",
-                },
-                "metrics": {
-                    "revenue": "sum(amount)",
-                    "orders": "count(*)",
-                    "units": "sum(quantity)",
-                },
-            }
-        },
-        "keys": [
-            {
-                "id": "demo",
-                "hash": hash_key(demo_key),
-                "tenant": "acme",
-                "scopes": ["llm", "search", "query", "odata", "admin"],
-                "name": "demo key (embedded default)",
-            }
-        ],
-    }
-    return data, demo_key
+def announce(config: Config, host: str, port: int) -> None:
+    print(f"Tollway {__version__} listening on http://{host}:{port}", flush=True)
+    if config.demo_key:
+        print(
+            "No config given: serving the embedded default.\n"
+            f"Demo key (shown once; it changes at every start): {config.demo_key}",
+            flush=True,
+        )

@@ -1,6 +1,6 @@
 """Every error Tollway answers with, as typed exceptions.
 
-One middleware (`gateway.middleware.errors`) turns these into the one JSON shape,
+One middleware (`gateway.edge.error_answers`) turns these into the one JSON shape,
 OpenAI's: ``{"error": {"message", "type", "code", "param", "request_id"}}``. Handlers
 and backends raise; nobody else builds an error response.
 

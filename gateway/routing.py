@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
 from aiohttp.typedefs import Handler
 
-__all__ = ["RouteDef", "RouteSpec"]
+if TYPE_CHECKING:
+    from aiohttp.web_urldispatcher import AbstractRoute
+
+__all__ = ["RouteDef", "RouteSpec", "route_spec_key", "route_specs_key"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +40,9 @@ class RouteDef:
     path: str
     handler: Handler
     spec: RouteSpec
+
+
+route_specs_key: web.AppKey[dict[AbstractRoute, RouteSpec]] = web.AppKey("route_specs")
+"""Every added route's spec, so a check learns a route's class and scope in one lookup."""
+route_spec_key = web.RequestKey("route_spec", RouteSpec)
+"""The matched route's spec, once auth has looked it up."""

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.appkeys import state_key
 from gateway.config import Config
-from gateway.header_deadline import HeaderDeadlineSite
+from gateway.edge.header_deadline import HeaderDeadlineSite
+from gateway.ops.lifecycle import state_key
 
 __all__ = ["serve", "run"]
 

@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.config import Config, parse_config
-from gateway.keyhash import hash_key
-from gateway.logs import configure_logging
+from gateway.config.keyhash import hash_key
+from gateway.ops.logs import configure_logging
 from tests.services import (  # noqa: F401 - fixtures every test module may use
     IN_CI,
     fake,

@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
-from gateway.keyhash import hash_key
+from gateway.config.keyhash import hash_key
 from tests.conftest import (
     ADMIN_KEY,
     OTHER_TENANT_KEY,

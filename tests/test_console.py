@@ -10,8 +10,8 @@ from typing import Any
 
 import openai
 
+from gateway.admin.console import CONSOLE_CSP
 from gateway.app import create_app
-from gateway.routes.console import CONSOLE_CSP
 from tests.conftest import ADMIN_KEY, USER_KEY, make_config, skip_or_fail
 from tests.fake_providers import UPSTREAM_KEY, FakeProvider
 

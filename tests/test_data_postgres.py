@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.app import create_app
+from gateway.app import check_config, create_app
 from tests.conftest import OTHER_TENANT_KEY, USER_KEY, make_config, skip_or_fail
 from tests.services import POSTGRES_DSN
 from tests.test_data import (
@@ -213,7 +213,7 @@ async def test_postgres_dsn_can_be_fernet_encrypted(
     from cryptography.fernet import Fernet
 
     from backends.secrets import encrypt
-    from gateway.config_reader import ConfigError
+    from gateway.config.reader import ConfigError
 
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     token = encrypt(POSTGRES_DSN, old)
@@ -224,7 +224,7 @@ async def test_postgres_dsn_can_be_fernet_encrypted(
     assert status == 200 and body["rows"] == [[600]]
     monkeypatch.setenv("TOLLWAY_SECRET_KEY", new)
     with pytest.raises(ConfigError, match=r"backends\.wh\.dsn_encrypted: cannot be decrypted"):
-        make_config({"backends": {"wh": backend}})
+        check_config(make_config({"backends": {"wh": backend}}))
 
 
 async def test_postgres_connection_killed_by_the_server_is_replaced(pg: Start) -> None:

@@ -24,9 +24,8 @@ import yaml
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.appkeys import route_specs_key
 from gateway.config import load_config
-from gateway.routing import RouteSpec
+from gateway.routing import RouteSpec, route_specs_key
 from tests.conftest import USER_KEY, make_config, skip_or_fail
 from tests.fake_providers import UPSTREAM_KEY, FakeProvider
 from tests.services import REDIS_URL, free_port
@@ -93,7 +92,7 @@ def test_the_compose_config_is_a_valid_tollway_config_that_agrees_with_nginx() -
 
 
 def test_the_compose_environment_of_tollway_reaches_its_config() -> None:
-    from gateway.config import _OVERRIDES
+    from gateway.config.load import _OVERRIDES
 
     environment = COMPOSE["services"]["tollway"]["environment"]
     for name in environment:
@@ -191,7 +190,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
 
 async def seen_by_tollway(request: web.Request) -> web.Response:
     """What Tollway believes about the caller once Nginx has forwarded the request."""
-    from gateway.client_ip import request_ip
+    from gateway.edge.client_ip import request_ip
 
     return web.json_response(
         {"ip": request_ip(request), "proto": request.headers.get("X-Forwarded-Proto")}
@@ -272,7 +271,7 @@ def dashboard_expressions() -> list[str]:
 
 
 def test_every_dashboard_metric_is_one_tollway_exports() -> None:
-    from gateway.metrics import Metrics
+    from gateway.ops.metrics import Metrics
 
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
     exported = {

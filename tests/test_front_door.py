@@ -17,12 +17,12 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from gateway.app import create_app
-from gateway.appkeys import error_tracker_key, route_specs_key
-from gateway.client_ip import TrustedProxies, client_ip
 from gateway.config import Config, ConfigError
-from gateway.routing import RouteSpec
+from gateway.edge.client_ip import TrustedProxies, client_ip
+from gateway.ops.error_tracking import error_tracker_key
+from gateway.ops.request_usage import current_usage
+from gateway.routing import RouteSpec, route_specs_key
 from gateway.serve import serve
-from gateway.usage_record import current_usage
 from tests.conftest import USER_KEY, make_config
 from tests.services import REDIS_URL
 

@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
-from gateway.keyhash import hash_key
+from gateway.config.keyhash import hash_key
 from gateway.state.service import state_service_key
 from tests.conftest import ADMIN_KEY, USER_KEY, base_config_data, make_config
 from tests.fake_providers import UPSTREAM_KEY, FakeProvider

@@ -166,7 +166,7 @@ async def test_a_replica_stopped_mid_traffic_fails_no_request(
 
     import aiohttp
 
-    from gateway.keyhash import hash_key
+    from gateway.config.keyhash import hash_key
     from tests.services import REDIS_URL, free_port
 
     dsn = pg_database

@@ -11,9 +11,9 @@ import aiohttp
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.appkeys import route_specs_key, state_key
 from gateway.config import Config
-from gateway.routing import RouteSpec
+from gateway.ops.lifecycle import state_key
+from gateway.routing import RouteSpec, route_specs_key
 from gateway.serve import serve
 from tests.conftest import USER_KEY, make_config
 from tests.test_request_path import app_with_test_routes

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.limiter import LocalLimiter, Window
-from gateway.rates import parse_rate
+from gateway.config.rates import parse_rate
+from gateway.resilience.limiter import LocalLimiter, Window
 from tests.conftest import OTHER_TENANT_KEY, USER_KEY
 from tests.test_request_path import app_with_test_routes
 

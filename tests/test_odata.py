@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
-from gateway.keyhash import hash_key
+from gateway.config.keyhash import hash_key
 from tests.conftest import OTHER_TENANT_KEY, USER_KEY, base_config_data, make_config
 
 NARROW_KEY = "tw_odata-narrow-0123456789abcdefghij"

@@ -15,11 +15,10 @@ import pytest
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.appkeys import route_specs_key
-from gateway.body import read_json
+from gateway.config.keyhash import hash_key
+from gateway.edge.body import read_json
 from gateway.errors import BackendTimeout, BackendUnavailable, BadRequest
-from gateway.keyhash import hash_key
-from gateway.routing import RouteSpec
+from gateway.routing import RouteSpec, route_specs_key
 from tests.conftest import ADMIN_KEY, USER_KEY, make_config
 
 ERROR_FIELDS = {"message", "type", "code", "param", "request_id"}

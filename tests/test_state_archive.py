@@ -19,8 +19,8 @@ from cryptography.fernet import Fernet
 
 from gateway.app import create_app
 from gateway.state.archive import ArchiveError, backup, restore, verify
+from gateway.state.cli import prune, rotate_secrets
 from gateway.state.service import state_service_key
-from gateway.state_cli import prune, rotate_secrets
 from tests.conftest import ADMIN_KEY, make_config
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}

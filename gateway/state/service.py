@@ -1,5 +1,6 @@
-"""The state store in the app: opened and migrated at start, keys kept in sync, usage
-and audit written in the background, everything flushed at shutdown."""
+"""The state store in the app: opened and migrated at start, usage and audit written in
+the background, everything flushed at shutdown. (The key table's sync with the store
+belongs to the front door: `gateway.edge.key_sync`.)"""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.appkeys import config_key, key_table_key, metrics_key, tasks_key
-from gateway.limiter import LocalLimiter, Window
-from gateway.rates import parse_rate
-from gateway.state.keys import KeySync
+from gateway.config import config_key
+from gateway.config.rates import parse_rate
+from gateway.ops.metrics import metrics_key
+from gateway.ops.tasks import tasks_key
+from gateway.resilience.limiter import LocalLimiter, Window
 from gateway.state.store import KeyQueries, StateStore, StoreUnavailable, open_store
 from gateway.state.writer import BatchWriter
 
@@ -33,14 +35,12 @@ _REFUSALS_PER_IP = (parse_rate("20/minute"),)
 
 
 class StateService:
-    def __init__(self, store: StateStore, sync: KeySync, spill_dir: Path, metrics: Any) -> None:
+    def __init__(self, store: StateStore, spill_dir: Path, metrics: Any) -> None:
         self.store = store
-        self.sync = sync
-        self.keys = sync.queries
+        self.keys = KeyQueries(store)
         self.migrated = False
         self._refusals = LocalLimiter()
         self._metrics = metrics
-        sync.on_error = lambda: metrics.state_store_errors.labels("refresh_keys").inc()
         self.usage = BatchWriter(
             "usage",
             self._insert_usage,
@@ -76,10 +76,17 @@ class StateService:
             raise
 
     async def ensure_ready(self) -> None:
+        """Migrate the store once; raises `StoreUnavailable` while it does not answer."""
         if not self.migrated:
             await self.store.migrate()
             self.migrated = True
-        await self.sync.refresh()
+
+    async def wait_until_ready(self, retry_s: float = 1.0) -> None:
+        while not self.migrated:
+            try:
+                await self.ensure_ready()
+            except StoreUnavailable:
+                await asyncio.sleep(retry_s)
 
     def record_audit(
         self,
@@ -104,14 +111,6 @@ class StateService:
                 client_ip=client_ip,
             )  # fmt: skip
 
-    async def keep_keys_fresh(self) -> None:
-        while not self.migrated:
-            try:
-                await self.ensure_ready()
-            except StoreUnavailable:
-                await asyncio.sleep(1.0)
-        await self.sync.run()
-
 
 state_service_key = web.AppKey("state_service", StateService)
 
@@ -119,8 +118,7 @@ state_service_key = web.AppKey("state_service", StateService)
 async def state_context(app: web.Application) -> AsyncIterator[None]:
     config = app[config_key]
     store = open_store(config.state)
-    sync = KeySync(config, app[key_table_key], KeyQueries(store))
-    service = StateService(store, sync, Path(config.state_spill_dir), app[metrics_key])
+    service = StateService(store, Path(config.state_spill_dir), app[metrics_key])
     app[state_service_key] = service
     try:
         await service.ensure_ready()
@@ -129,7 +127,7 @@ async def state_context(app: web.Application) -> AsyncIterator[None]:
                      extra={"error": str(exc)})  # fmt: skip
     tasks = app[tasks_key]
     running = [
-        tasks.start(service.keep_keys_fresh(), name="key-sync"),
+        tasks.start(service.wait_until_ready(), name="state-migrate"),
         tasks.start(service.usage.run(), name="usage-writer"),
         tasks.start(service.audit.run(), name="audit-writer"),
     ]

@@ -1,0 +1,174 @@
+"""The configuration's typed, frozen objects: what every other part of Tollway reads."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from gateway.config.rates import Rate
+
+__all__ = [
+    "BACKEND_TYPES",
+    "ROUTE_CLASSES",
+    "SCOPES",
+    "BackendConfig",
+    "BreakerConfig",
+    "CacheConfig",
+    "Config",
+    "DatasetConfig",
+    "KeyConfig",
+    "LimitsConfig",
+    "ModelConfig",
+    "ODataConfig",
+    "ServerConfig",
+]
+
+SCOPES: Final = ("llm", "search", "query", "odata", "admin")
+BACKEND_TYPES: Final = ("openai", "tavily", "postgres", "duckdb")
+ROUTE_CLASSES: Final = (
+    "chat", "embeddings", "models", "search", "query", "datasets", "odata", "admin",
+)  # fmt: skip
+DEFAULT_STATE: Final = "sqlite:///./tollway-state.db"
+DEFAULT_LIMITS: Final = ("60/minute", "1000/hour")
+DEFAULT_PER_IP: Final = ("60/minute", "1000/hour")
+DEFAULT_PER_IP_AUTHENTICATED: Final = ("6000/minute", "100000/hour")
+KEY_HASH: Final = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 16 * 1024 * 1024
+    shutdown_timeout_s: float = 30.0
+    keepalive_timeout_s: float = 75.0
+    cors_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1",)
+    console: bool = False
+    log_level: str = "info"
+    workers: int = 1
+    replicas: int = 1
+    """How many Tollway processes share this config (set by the deployment); >1 wants Redis."""
+    compression: bool = True
+    compression_min_bytes: int = 1024
+    compression_offload_bytes: int = 256 * 1024
+    slow_request_s: float = 1.0
+    sentry_dsn: str | None = None
+    max_url_bytes: int = 8190
+    max_header_bytes: int = 8190
+    max_headers: int = 100
+    header_timeout_s: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    default: tuple[Rate, ...]
+    routes: Mapping[str, tuple[Rate, ...]] = field(default_factory=dict)
+    per_ip: tuple[Rate, ...] = ()
+    """Per client IP, before auth: unauthenticated and failed-auth requests."""
+    per_ip_authenticated: tuple[Rate, ...] = ()
+    """Per client IP for authenticated traffic: higher, so many users behind one NAT fit."""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    backend: str = "memory"
+    ttl_s: float = 60.0
+    max_rows: int = 10_000
+    max_entry_bytes: int = 1024 * 1024
+    max_entries: int = 10_000
+    max_bytes: int = 256 * 1024 * 1024
+    routes: frozenset[str] = frozenset({"embeddings", "search", "query", "datasets", "odata"})
+
+
+@dataclass(frozen=True, slots=True)
+class ODataConfig:
+    page_size: int = 5000
+    max_page_size: int = 20_000
+    key_param: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    failures: int = 5
+    reset_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """What every backend has; `options` holds the keys only its adapter understands."""
+
+    name: str
+    type: str
+    timeout_s: float
+    connect_timeout_s: float = 5.0
+    retries: int = 2
+    breaker: BreakerConfig = BreakerConfig()
+    outbound_limit: Rate | None = None
+    outbound_wait_s: float = 5.0
+    max_in_flight: int = 1024
+    required: bool = False
+    """Whether /health/ready fails while this backend is unhealthy."""
+    max_rows: int = 10_000
+    """Data backends: the most rows one query may answer, whatever the request asks."""
+    raw_sql: bool = True
+    """Data backends: whether ``POST /v1/query`` may send SQL here (datasets always may)."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str
+    backend: str
+    upstream_model: str
+    fallbacks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetConfig:
+    name: str
+    backend: str
+    table: str | None
+    sql: str | None
+    tenant_column: str | None
+    dimensions: Mapping[str, str]
+    metrics: Mapping[str, str]
+    time_dimension: str | None = None
+    key: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyConfig:
+    id: str
+    hash: str
+    tenant: str
+    scopes: frozenset[str]
+    models: frozenset[str] | None = None
+    datasets: frozenset[str] | None = None
+    limits: tuple[Rate, ...] | None = None
+    budget_tokens: tuple[Rate, ...] = ()
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig
+    limits: LimitsConfig
+    cache: CacheConfig = CacheConfig()
+    odata: ODataConfig = ODataConfig()
+    state: str = DEFAULT_STATE
+    redis: str | None = None
+    redis_prefix: str = "tollway:"
+    """Every Redis key Tollway writes starts with this (several deployments, one Redis)."""
+    state_spill_dir: str = "./tollway-spill"
+    """Where usage and audit records wait on disk while the state store is away."""
+    secret_keys: tuple[str, ...] = ()
+    backends: Mapping[str, BackendConfig] = field(default_factory=dict)
+    models: Mapping[str, ModelConfig] = field(default_factory=dict)
+    datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
+    keys: tuple[KeyConfig, ...] = ()
+    source: str = "<embedded default>"
+    demo_key: str | None = None
+    """Set only for the embedded default: the key printed once at start."""

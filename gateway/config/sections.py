@@ -1,0 +1,245 @@
+"""One builder per section of the config file, each naming the key at fault."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final
+
+from gateway.config.model import (
+    BACKEND_TYPES,
+    DEFAULT_LIMITS,
+    DEFAULT_PER_IP,
+    DEFAULT_PER_IP_AUTHENTICATED,
+    KEY_HASH,
+    ROUTE_CLASSES,
+    SCOPES,
+    BackendConfig,
+    BreakerConfig,
+    CacheConfig,
+    DatasetConfig,
+    KeyConfig,
+    LimitsConfig,
+    ModelConfig,
+    ODataConfig,
+    ServerConfig,
+)
+from gateway.config.reader import ConfigError, Section, parse_rates
+
+__all__ = [
+    "backend_config",
+    "cache_config",
+    "dataset_config",
+    "key_configs",
+    "limits_config",
+    "model_config",
+    "odata_config",
+    "server_config",
+]
+
+
+def server_config(s: Section) -> ServerConfig:
+    d = ServerConfig()
+    config = ServerConfig(
+        host=s.string("host", d.host),
+        port=s.number("port", d.port, integer=True, minimum=0),
+        max_body_bytes=s.number("max_body_bytes", d.max_body_bytes, integer=True, minimum=1),
+        shutdown_timeout_s=s.number("shutdown_timeout_s", d.shutdown_timeout_s),
+        keepalive_timeout_s=s.number("keepalive_timeout_s", d.keepalive_timeout_s, minimum=1),
+        cors_origins=s.strings("cors_origins", d.cors_origins),
+        trusted_proxies=s.strings("trusted_proxies", d.trusted_proxies),
+        console=s.boolean("console", d.console),
+        log_level=s.choice("log_level", ("debug", "info", "warning", "error"), d.log_level),
+        workers=s.number("workers", d.workers, integer=True, minimum=1),
+        replicas=s.number("replicas", d.replicas, integer=True, minimum=1),
+        compression=s.boolean("compression", d.compression),
+        compression_min_bytes=s.number(
+            "compression_min_bytes", d.compression_min_bytes, integer=True, minimum=0
+        ),
+        compression_offload_bytes=s.number(
+            "compression_offload_bytes", d.compression_offload_bytes, integer=True, minimum=0
+        ),
+        slow_request_s=s.number("slow_request_s", d.slow_request_s),
+        sentry_dsn=s.string("sentry_dsn", None) or None,
+        max_url_bytes=s.number("max_url_bytes", d.max_url_bytes, integer=True, minimum=256),
+        max_header_bytes=s.number(
+            "max_header_bytes", d.max_header_bytes, integer=True, minimum=256
+        ),
+        max_headers=s.number("max_headers", d.max_headers, integer=True, minimum=8),
+        header_timeout_s=s.number("header_timeout_s", d.header_timeout_s, minimum=0),
+    )
+    if config.port > 65535:
+        raise ConfigError("server.port", f"must be at most 65535, got {config.port}")
+    _check_proxies(config.trusted_proxies)
+    s.reject_unknown()
+    return config
+
+
+def _check_proxies(proxies: tuple[str, ...]) -> None:
+    for index, entry in enumerate(proxies):
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"server.trusted_proxies[{index}]", f'expected an IP or CIDR, got "{entry}"'
+            ) from None
+
+
+def limits_config(s: Section) -> LimitsConfig:
+    default = s.rates("default", DEFAULT_LIMITS)
+    routes = s.section("routes")
+    per_route = {}
+    for name in routes.keys():
+        if name not in ROUTE_CLASSES:
+            raise ConfigError(
+                routes.key_path(name), f"unknown route class ({', '.join(ROUTE_CLASSES)})"
+            )
+        per_route[name] = routes.rates(name)
+    config = LimitsConfig(
+        default=default,
+        routes=MappingProxyType(per_route),
+        per_ip=s.rates("per_ip", DEFAULT_PER_IP),
+        per_ip_authenticated=s.rates("per_ip_authenticated", DEFAULT_PER_IP_AUTHENTICATED),
+    )
+    s.reject_unknown()
+    return config
+
+
+def cache_config(s: Section) -> CacheConfig:
+    d = CacheConfig()
+    routes = s.strings("routes", tuple(sorted(d.routes)))
+    for index, name in enumerate(routes):
+        if name not in ROUTE_CLASSES:
+            raise ConfigError(f"cache.routes[{index}]", f'unknown route class "{name}"')
+    config = CacheConfig(
+        backend=s.choice("backend", ("memory", "redis"), d.backend),
+        ttl_s=s.number("ttl_s", d.ttl_s),
+        max_rows=s.number("max_rows", d.max_rows, integer=True),
+        max_entry_bytes=s.number("max_entry_bytes", d.max_entry_bytes, integer=True),
+        max_entries=s.number("max_entries", d.max_entries, integer=True),
+        max_bytes=s.number("max_bytes", d.max_bytes, integer=True),
+        routes=frozenset(routes),
+    )
+    s.reject_unknown()
+    return config
+
+
+def odata_config(s: Section) -> ODataConfig:
+    d = ODataConfig()
+    config = ODataConfig(
+        page_size=s.number("page_size", d.page_size, integer=True, minimum=1),
+        max_page_size=s.number("max_page_size", d.max_page_size, integer=True, minimum=1),
+        key_param=s.string("key_param", None),
+    )
+    if config.page_size > config.max_page_size:
+        raise ConfigError("odata.page_size", "must not exceed odata.max_page_size")
+    s.reject_unknown()
+    return config
+
+
+_BACKEND_COMMON: Final = {
+    "type", "timeout_s", "connect_timeout_s", "retries", "breaker", "outbound_limit",
+    "outbound_wait_s", "max_in_flight", "required", "max_rows", "raw_sql",
+}  # fmt: skip
+
+
+def backend_config(name: str, s: Section) -> BackendConfig:
+    kind = s.choice("type", BACKEND_TYPES)
+    breaker = s.section("breaker")
+    outbound = s.string("outbound_limit", None)
+    config = BackendConfig(
+        name=name,
+        type=kind,
+        timeout_s=s.number("timeout_s", 120.0 if kind in ("openai", "tavily") else 30.0),
+        connect_timeout_s=s.number("connect_timeout_s", 5.0),
+        retries=s.number("retries", 2, integer=True),
+        breaker=BreakerConfig(
+            failures=breaker.number("failures", 5, integer=True, minimum=1),
+            reset_s=breaker.number("reset_s", 60.0),
+        ),
+        outbound_limit=(
+            parse_rates((outbound,), s.key_path("outbound_limit"))[0] if outbound else None
+        ),
+        outbound_wait_s=s.number("outbound_wait_s", 5.0),
+        max_in_flight=s.number("max_in_flight", 1024, integer=True, minimum=1),
+        required=s.boolean("required", False),
+        max_rows=s.number("max_rows", 10_000, integer=True, minimum=1),
+        raw_sql=s.boolean("raw_sql", True),
+        options=MappingProxyType({k: s.raw(k) for k in s.keys() if k not in _BACKEND_COMMON}),
+    )
+    breaker.reject_unknown()
+    return config
+
+
+def model_config(name: str, s: Section) -> ModelConfig:
+    config = ModelConfig(
+        name=name,
+        backend=s.string("backend"),
+        upstream_model=s.string("model", name),
+        fallbacks=s.strings("fallbacks", ()),
+    )
+    s.reject_unknown()
+    return config
+
+
+def dataset_config(name: str, s: Section) -> DatasetConfig:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name):
+        raise ConfigError(s.key_path(""), "dataset names are letters, digits and _")
+
+    def mapping(key: str) -> Mapping[str, str]:
+        group = s.section(key)
+        return MappingProxyType({field_: group.string(field_) for field_ in group.keys()})
+
+    config = DatasetConfig(
+        name=name,
+        backend=s.string("backend"),
+        table=s.string("table", None),
+        sql=s.string("sql", None),
+        tenant_column=s.string("tenant_column", None),
+        dimensions=mapping("dimensions"),
+        metrics=mapping("metrics"),
+        time_dimension=s.string("time_dimension", None),
+        key=s.strings("key", ()),
+    )
+    if (config.table is None) == (config.sql is None):
+        raise ConfigError(s.key_path("table"), "give exactly one of `table` or `sql`")
+    s.reject_unknown()
+    return config
+
+
+def key_configs(root: Section) -> tuple[KeyConfig, ...]:
+    raw = root.raw("keys", [])
+    if not isinstance(raw, list):
+        raise ConfigError("keys", "expected a list")
+    keys: list[KeyConfig] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(raw):
+        s = Section(entry, f"keys[{index}]")
+        key_hash = s.string("hash").lower()
+        if not KEY_HASH.match(key_hash):
+            raise ConfigError(s.key_path("hash"), 'expected "sha256:" and 64 hex digits')
+        scopes = s.strings("scopes")
+        for scope in scopes:
+            if scope not in SCOPES:
+                raise ConfigError(s.key_path("scopes"), f'unknown scope "{scope}"')
+        budget = s.section("budget")
+        key = KeyConfig(
+            id=s.string("id"),
+            hash=key_hash,
+            tenant=s.string("tenant"),
+            scopes=frozenset(scopes),
+            models=frozenset(s.strings("models")) if s.has("models") else None,
+            datasets=frozenset(s.strings("datasets")) if s.has("datasets") else None,
+            limits=s.rates("limits") if s.has("limits") else None,
+            budget_tokens=budget.rates("tokens", ()),
+            name=s.string("name", None),
+        )
+        budget.reject_unknown()
+        s.reject_unknown()
+        if key.id in seen:
+            raise ConfigError(s.key_path("id"), f'duplicate key id "{key.id}"')
+        seen.add(key.id)
+        keys.append(key)
+    return tuple(keys)

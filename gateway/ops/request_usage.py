@@ -1,0 +1,37 @@
+"""What one request used, filled in by whoever knows it (route, backend, cache).
+
+Created by the access-log middleware for every request, so a handler can set the
+backend, model or dataset, tokens and rows without knowing who reads them: the access
+log, metrics and (later) the usage store.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+
+from aiohttp import web
+
+__all__ = ["RequestUsage", "current_usage"]
+
+
+@dataclass(slots=True)
+class RequestUsage:
+    backend: str | None = None
+    model: str | None = None
+    """The model that served the request, or the dataset read."""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    rows: int = 0
+    cache_hit: bool = False
+    upstream_s: float = 0.0
+    """Time spent waiting on the backend, for Server-Timing and the slow-request log."""
+
+
+current_usage: contextvars.ContextVar[RequestUsage | None] = contextvars.ContextVar(
+    "tollway_usage", default=None
+)
+"""The usage record of the request being served, for code that is not handed it (the
+guard adds the time spent waiting on backends)."""
+
+usage_key = web.RequestKey("usage", RequestUsage)

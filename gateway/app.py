@@ -48,6 +48,7 @@ from gateway.ops.lifecycle import (
     state_key,
 )
 from gateway.ops.metrics import Metrics, metrics_key
+from gateway.ops.streams import OpenStreams, open_streams_key
 from gateway.ops.tasks import BackgroundTasks, tasks_key
 from gateway.resilience.adapters import backends_context, create_backend
 from gateway.resilience.limiter import Limiter, LocalLimiter, limiter_key
@@ -113,6 +114,7 @@ def create_app(config: Config) -> web.Application:
     app[metrics_key] = Metrics()
     app[state_key] = AppState(started_at=time.time())
     app[tasks_key] = BackgroundTasks()
+    app[open_streams_key] = OpenStreams()
     app[key_table_key] = KeyTable.from_config(config.keys)
     app[health_sources_key] = []
     redis = (

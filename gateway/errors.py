@@ -46,6 +46,7 @@ __all__ = [
     "OutboundLimited",
     "PayloadTooLarge",
     "RateLimited",
+    "ShuttingDown",
     "TollwayError",
     "Unauthorized",
     "UpstreamHTTPError",
@@ -143,6 +144,14 @@ class NotSupported(TollwayError):
     status = 501
     error_type = "not_implemented_error"
     default_code = "not_implemented"
+
+
+class ShuttingDown(TollwayError):
+    """This process is stopping: an open stream is ended with this, in-band."""
+
+    status = 503
+    error_type = "service_unavailable_error"
+    default_code = "server_shutting_down"
 
 
 class BackendError(TollwayError):

@@ -145,3 +145,34 @@ async def test_events_split_across_reads_with_crlf_and_comments_are_relayed_whol
     chunks = [chunk async for chunk in stream]
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello there"
     assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+async def test_a_stream_ended_for_shutdown_gets_an_error_event_and_a_proper_end(
+    tollway: Tollway, fake: FakeProvider
+) -> None:
+    from gateway.ops.streams import open_streams_key
+    from gateway.state.service import state_service_key
+
+    client = await tollway({"backends": {"openai": {"idle_timeout_s": 5}}})
+    fake.stream_gap_s = 0.2  # a long answer: still going when the drain ends it
+    response = await client.post(
+        "/v1/chat/completions",
+        json={"model": "solo", "messages": HI, "stream": True},
+        headers={"Authorization": f"Bearer {USER_KEY}", "X-Request-ID": "drain-1"},
+    )
+    first = await response.content.readline()
+    assert first.startswith(b"data: {")
+    streams = client.app[open_streams_key]
+    assert len(streams) == 1
+    assert streams.end_all() == 1
+    rest = await response.read()  # a proper end: the chunked body completes
+    events = [line for line in (first + rest).split(b"\n\n") if line]
+    assert b'"code":"server_shutting_down"' in events[-1]
+    assert b'"request_id":"drain-1"' in events[-1]
+    assert b"[DONE]" not in rest
+    service = client.app[state_service_key]
+    await service.usage.flush()
+    rows = await service.store.fetch(
+        "SELECT status, tokens_out FROM tollway_usage WHERE request_id = ?", ("drain-1",)
+    )
+    assert [tuple(r) for r in rows] == [(503, 0)]

@@ -49,10 +49,12 @@ async def _served(
     metrics.in_flight.inc()
     try:
         response = await handler(request)
-        status = response.status
+        status = usage.status or response.status
         return response
     except asyncio.CancelledError:
-        status = 499  # the client went away; nginx's name for it
+        # The client went away (499, nginx's name for it), unless a stream had already
+        # ended for it and said how.
+        status = usage.status or 499
         raise
     finally:
         metrics.in_flight.dec()

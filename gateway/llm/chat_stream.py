@@ -15,12 +15,14 @@ from aiohttp import web
 
 from gateway.cache.response_cache import CacheEntry, response_cache_key
 from gateway.edge.request_id import request_id_key
-from gateway.errors import BackendError, BackendUnavailable
+from gateway.errors import BackendError, BackendUnavailable, ShuttingDown, TollwayError
 from gateway.llm.model_router import Target
 from gateway.llm.sse_relay import DONE_FRAME, MalformedEvent, StreamState, error_frame
 from gateway.llm.targets import open_stream
 from gateway.llm.usage import record_usage
 from gateway.ops.metrics import metrics_key
+from gateway.ops.request_usage import usage_key
+from gateway.ops.streams import open_streams_key
 
 __all__ = ["stream_chat"]
 
@@ -40,6 +42,7 @@ async def stream_chat(
     options = body.get("stream_options")
     client_asked_usage = isinstance(options, dict) and options.get("include_usage") is True
     events, first, target = await open_stream(request, body, targets)
+    usage = request[usage_key]
     async with aclosing(events):  # type: ignore[type-var]
         response = web.StreamResponse(
             headers={
@@ -58,16 +61,20 @@ async def stream_chat(
         )
         state = StreamState(strip_usage=not client_asked_usage)
         sent: list[bytes] | None = [] if cache_as is not None else None
-        failure = await _relay(response, events, first, state, sent)
-        if failure is not None:
-            _log.warning(
-                "stream failed", extra={"backend": target.guard.name, "error": failure.code}
-            )
-            await _write(response, error_frame(failure, request.get(request_id_key)))
-        await _end(response)  # the client has its whole answer now
+        with request.app[open_streams_key].track():
+            failure = await _relay(request, response, events, first, state, sent)
+            if failure is not None:
+                _log.warning(
+                    "stream failed", extra={"backend": target.guard.name, "error": failure.code}
+                )
+                await _write(response, error_frame(failure, request.get(request_id_key)))
+            client_gone = not await _end(response) or state.client_gone
+        # Recorded before the drain: a client that hangs up after [DONE] cancels the
+        # handler there, and must not turn a completed stream into a failed one.
+        usage.outcome, usage.status = _outcome(state, failure, client_gone)
+        record_usage(request, target, time.perf_counter() - started, *state.tokens())
         if state.done:
             await _drain(events, getattr(target.guard.backend, "done_drain_s", _DRAIN_AFTER_DONE_S))
-    record_usage(request, target, time.perf_counter() - started, *state.tokens())
     if cache_as is not None and sent is not None and failure is None:
         if state.finished and state.done:
             entry = CacheEntry(200, "text/event-stream", b"".join(sent), time.time())
@@ -75,13 +82,27 @@ async def stream_chat(
     return response
 
 
+def _outcome(
+    state: StreamState, failure: TollwayError | None, client_gone: bool
+) -> tuple[str, int]:
+    """How the stream ended for its client, and the status that records it."""
+    if isinstance(failure, ShuttingDown):
+        return "shutdown", 503
+    if failure is not None:
+        return "upstream_failed", 502
+    if state.done and not client_gone:
+        return "completed", 200
+    return "client_gone", 499
+
+
 async def _relay(
+    request: web.Request,
     response: web.StreamResponse,
     events: AsyncIterator[list[bytes]],
     first: list[bytes],
     state: StreamState,
     sent: list[bytes] | None,
-) -> BackendError | None:
+) -> TollwayError | None:
     """Send events until ``[DONE]`` or the end; the failure to report in-band, if any.
     The events of one upstream read go out in one write; with `sent`, every frame sent
     is kept there too."""
@@ -98,6 +119,7 @@ async def _relay(
             if frames:
                 if not await _write(response, b"".join(frames)):
                     state.done = False  # the client went away: closing `events` stops upstream
+                    state.client_gone = True
                     return None
                 if sent is not None:
                     sent.extend(frames)
@@ -121,6 +143,10 @@ async def _relay(
         return BackendError(str(exc), code="malformed_event")
     except BackendError as error:
         return error
+    except asyncio.CancelledError as exc:
+        if not request.app[open_streams_key].is_shutdown(exc):
+            raise
+        return ShuttingDown("the server is shutting down; the answer was cut here")
     return None
 
 
@@ -143,8 +169,9 @@ async def _write(response: web.StreamResponse, frame: bytes) -> bool:
     return True
 
 
-async def _end(response: web.StreamResponse) -> None:
+async def _end(response: web.StreamResponse) -> bool:
     try:
         await response.write_eof()
     except ConnectionResetError:
-        pass
+        return False
+    return True

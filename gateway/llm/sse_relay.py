@@ -23,7 +23,7 @@ class MalformedEvent(ValueError):
 
 
 class StreamState:
-    __slots__ = ("done", "failed", "finished", "strip_usage", "usage")
+    __slots__ = ("client_gone", "done", "failed", "finished", "strip_usage", "usage")
 
     def __init__(self, *, strip_usage: bool) -> None:
         self.strip_usage = strip_usage
@@ -33,6 +33,8 @@ class StreamState:
         """``[DONE]`` arrived."""
         self.failed = False
         """The upstream sent an error event."""
+        self.client_gone = False
+        """A write to the client failed: it hung up."""
         self.usage: dict[str, Any] | None = None
 
     def frame(self, data: bytes) -> bytes | None:

@@ -26,6 +26,12 @@ class RequestUsage:
     cache_hit: bool = False
     upstream_s: float = 0.0
     """Time spent waiting on the backend, for Server-Timing and the slow-request log."""
+    outcome: str | None = None
+    """How a stream ended for its client: ``completed``, ``upstream_failed`` (an in-band
+    error), ``client_gone`` or ``shutdown``; None for plain answers."""
+    status: int | None = None
+    """The status to record when it differs from the response's: what a stream's client
+    saw (200 completed, 499 gone, 502 upstream failed, 503 shutdown)."""
 
 
 current_usage: contextvars.ContextVar[RequestUsage | None] = contextvars.ContextVar(

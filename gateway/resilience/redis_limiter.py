@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
 from gateway.config.rates import Rate
 from gateway.errors import OutboundLimited
 from gateway.ops.metrics import Metrics
 from gateway.resilience.limiter import Decision, LocalLimiter, Window, WindowState
+from gateway.resilience.resp import Arg, Script
 from gateway.resilience.shared_redis import RedisDown, SharedRedis
 
 __all__ = ["RedisLimiter", "SharedOutboundLimiter"]
@@ -93,14 +94,14 @@ class RedisLimiter:
     def __init__(self, redis: SharedRedis, metrics: Metrics) -> None:
         self._redis = redis
         self._metrics = metrics
-        self._script = redis.client.register_script(_GCRA)
-        self._charge = redis.client.register_script(_CHARGE)
+        self._script = Script(_GCRA)
+        self._charge = Script(_CHARGE)
         self.fallback = LocalLimiter()
 
-    def _keys_and_args(self, windows: Sequence[Window], cost: int) -> tuple[list[str], list[Any]]:
+    def _keys_and_args(self, windows: Sequence[Window], cost: int) -> tuple[list[str], list[Arg]]:
         prefix = self._redis.prefix
         keys = [f"{prefix}rl:{w.bucket}:{w.rate.count}/{w.rate.period_s:g}" for w in windows]
-        args: list[Any] = [cost]
+        args: list[Arg] = [cost]
         for window in windows:
             args += [int(window.rate.period_s * 1000), window.rate.count]
         return keys, args
@@ -108,7 +109,7 @@ class RedisLimiter:
     async def charge(self, windows: Sequence[Window], cost: int) -> None:
         keys, args = self._keys_and_args(windows, cost)
         try:
-            await self._redis.run(lambda _client: self._charge(keys=keys, args=args))
+            await self._redis.script(self._charge, keys, args)
         except RedisDown:
             self.fallback.charge_now(windows, cost)
 
@@ -117,7 +118,7 @@ class RedisLimiter:
             return Decision(True, ())
         keys, args = self._keys_and_args(windows, cost)
         try:
-            raw = await self._redis.run(lambda _client: self._script(keys=keys, args=args))
+            raw = await self._redis.script(self._script, keys, args)
         except RedisDown:
             self._metrics.limiter_decisions.labels("local").inc()
             return self.fallback.hit_now(windows, cost)

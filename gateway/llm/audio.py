@@ -97,6 +97,8 @@ def _check_form(form: Form) -> str:
         )
     if form.has_file and form.get("url") is not None:
         raise BadRequest("send either 'file' or 'url', not both", param="url")
+    if form.complete and not form.has_file and form.get("url") is None:
+        raise BadRequest("'file' is required", param="file")
     return model
 
 

@@ -30,6 +30,9 @@ __all__ = ["Form", "Upload"]
 MAX_FIELDS_BYTES: Final = 1024 * 1024
 """All the form's text fields together; anything larger is not a form of this API."""
 _READ_BYTES: Final = 256 * 1024
+"""Blocks read back from a spooled file."""
+_CHUNK_BYTES: Final = 64 * 1024
+"""The most taken from the client at once: what passes is held a piece at a time."""
 
 
 @dataclass(slots=True)
@@ -39,6 +42,8 @@ class Form:
     file_type: str | None = None
     file_bytes: int = 0
     has_file: bool = False
+    complete: bool = False
+    """The whole form was read (it has no file part, or the file was spooled)."""
 
     def get(self, name: str) -> str | None:
         for key, value in self.fields:
@@ -85,7 +90,7 @@ class Upload:
         self._fields_bytes = 0
 
     async def _chunk(self) -> bytes:
-        chunk = await self._content.readany()
+        chunk = await self._content.read(_CHUNK_BYTES)
         self.received += len(chunk)
         if self.received > self.max_bytes:
             raise PayloadTooLarge(
@@ -133,6 +138,7 @@ class Upload:
             self._prefix += chunk
             for index, event in enumerate(events := self._scanner.feed(chunk)):
                 if isinstance(event, End):
+                    self.form.complete = True
                     return self.form
                 if self._field_event(event):
                     assert isinstance(event, PartStart)
@@ -140,6 +146,7 @@ class Upload:
                     self._pending = list(events[index + 1 :])
                     if self.form.get("model") is None:
                         await self._spool_rest(event)
+                        self.form.complete = True
                     return self.form
             if len(self._prefix) > MAX_FIELDS_BYTES + 64 * 1024:
                 raise BadRequest("the form's text fields are too large")
@@ -192,7 +199,7 @@ class Upload:
             yield prefix
             in_file = self._file_at is not None
             events = self._pending
-            while not self._scanner.ended:
+            while True:
                 for event in events:
                     if in_file:
                         if isinstance(event, Data):

@@ -90,7 +90,7 @@ class Scanner:
                 return events
 
     def _consume(self, count: int) -> bytes:
-        taken = bytes(self._buffer[:count])
+        taken = bytes(memoryview(self._buffer)[:count])
         del self._buffer[:count]
         self._base += count
         return taken

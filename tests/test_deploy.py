@@ -265,6 +265,21 @@ async def test_https_redirect_sse_and_body_limit_through_real_nginx(
 # --- the real Prometheus and every dashboard expression ------------------------------------
 
 
+async def _surface_traffic(client: Any, auth: dict[str, str]) -> None:
+    """A Responses call, a transcription, speech, an image and a refused response id."""
+    await client.post("/v1/responses", headers=auth, json={"model": "gpt-4o-mini", "input": "x"})
+    form = aiohttp.FormData()
+    form.add_field("model", "whisper-1")
+    form.add_field("file", b"RIFF" * 64, filename="a.wav", content_type="audio/wav")
+    await client.post("/v1/audio/transcriptions", headers=auth, data=form)
+    speech = {"model": "tts-1", "input": "x", "voice": "alloy"}
+    await (await client.post("/v1/audio/speech", headers=auth, json=speech)).read()
+    await client.post(
+        "/v1/images/generations", headers=auth, json={"model": "gpt-image-1", "prompt": "x"}
+    )
+    await client.get("/v1/responses/resp_never_relayed", headers=auth)
+
+
 def dashboard_expressions() -> list[str]:
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/tollway.json").read_text())
     return [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
@@ -325,7 +340,8 @@ async def test_prometheus_answers_every_dashboard_expression(
                 "api_key": UPSTREAM_KEY,
             },
         },
-        "models": {"gpt-4o-mini": {"backend": "openai"}},
+        "models": {"gpt-4o-mini": {"backend": "openai"}, "whisper-1": {"backend": "openai"},
+                   "tts-1": {"backend": "openai"}, "gpt-image-1": {"backend": "openai"}},
     })  # fmt: skip
     client = await aiohttp_client(create_app(config))
     port = client.server.port
@@ -368,6 +384,7 @@ async def test_prometheus_answers_every_dashboard_expression(
             await client.post(
                 "/v1/query", headers=auth, json={"backend": "wh", "sql": "SELECT 1 AS same"}
             )
+            await _surface_traffic(client, auth)
             for _ in range(2):
                 await client.get("/v1/datasets")  # unauthenticated: the per-IP limit rejects some
             await asyncio.sleep(1.2)

@@ -227,3 +227,49 @@ async def test_bad_bodies_get_a_400_naming_the_field(
     assert answer.status == 400
     assert (await answer.json())["error"]["param"] == param
     assert len(fake.seen) == 0
+
+
+async def test_these_routes_are_not_cached_by_default(tollway: Tollway, fake: FakeProvider) -> None:
+    client = await tollway({"models": {"omni-moderation-latest": {"backend": "openai"}}})
+    body = {"model": "omni-moderation-latest", "input": "hello"}
+    for _ in range(2):
+        answer = await client.post("/v1/moderations", json=body, headers=AUTH)
+        assert "X-Cache" not in answer.headers
+    assert fake.hits("moderations") == 2
+
+
+async def test_responses_may_be_cached_only_when_not_stored(
+    tollway: Tollway, fake: FakeProvider
+) -> None:
+    client = await tollway({"cache": {"routes": ["responses"]}})
+    unstored = {"model": "solo", "input": "x", "store": False}
+    caches = []
+    for _ in range(2):
+        answer = await client.post("/v1/responses", json=unstored, headers=AUTH)
+        caches.append(answer.headers["X-Cache"])
+    assert caches == ["MISS", "HIT"] and fake.hits("responses") == 1
+    stored = {"model": "solo", "input": "x"}
+    for _ in range(2):
+        answer = await client.post("/v1/responses", json=stored, headers=AUTH)
+        assert answer.headers["X-Cache"] == "BYPASS"  # each stored response is a new object
+    assert fake.hits("responses") == 3
+
+
+async def test_cached_moderations_are_kept_per_tenant(tollway: Tollway, fake: FakeProvider) -> None:
+    from tests.conftest import OTHER_TENANT_KEY
+
+    client = await tollway(
+        {
+            "cache": {"routes": ["moderations"]},
+            "models": {"omni-moderation-latest": {"backend": "openai"}},
+        }  # fmt: skip
+    )
+    body = {"model": "omni-moderation-latest", "input": "hello"}
+    first = await client.post("/v1/moderations", json=body, headers=AUTH)
+    again = await client.post("/v1/moderations", json=body, headers=AUTH)
+    other = await client.post(
+        "/v1/moderations", json=body, headers={"Authorization": f"Bearer {OTHER_TENANT_KEY}"}
+    )
+    assert [first.headers["X-Cache"], again.headers["X-Cache"], other.headers["X-Cache"]] == [
+        "MISS", "HIT", "MISS",
+    ]  # fmt: skip

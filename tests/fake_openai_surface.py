@@ -188,7 +188,21 @@ class SurfaceEndpoints:
 
     async def retrieve_response(self, request: web.Request) -> web.StreamResponse:
         found = await self._stored(request)
-        return found if isinstance(found, web.Response) else web.json_response(found)
+        if isinstance(found, web.Response):
+            return found
+        if request.query.get("stream") != "true":
+            return web.json_response(found)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)  # a replay of a finished response: its last events
+        after = int(request.query.get("starting_after", "-1"))
+        for number, kind in enumerate(("response.created", "response.completed")):
+            if number > after:
+                event = {"type": kind, "sequence_number": number, "response": found}
+                await response.write(
+                    f"event: {kind}\ndata: ".encode() + orjson.dumps(event) + b"\n\n"
+                )
+        await response.write_eof()
+        return response
 
     async def delete_response(self, request: web.Request) -> web.StreamResponse:
         found = await self._stored(request)

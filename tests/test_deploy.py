@@ -177,13 +177,17 @@ def test_nginx_accepts_the_shipped_config(nginx_binary: str, tmp_path: Path) -> 
 
 
 async def sse(request: web.Request) -> web.StreamResponse:
+    """A slow upstream completions stream: 20 pieces 50 ms apart, a finish, ``[DONE]``."""
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
     )
     await response.prepare(request)
-    for index in range(20):
-        await response.write(f'data: {{"i": {index}}}\n\n'.encode())
+    for index in range(21):
+        finish = '"stop"' if index == 20 else "null"
+        choice = f'{{"text": "{index}", "index": 0, "finish_reason": {finish}}}'
+        await response.write(f'data: {{"choices": [{choice}]}}\n\n'.encode())
         await asyncio.sleep(0.05)
+    await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     return response
 
@@ -200,8 +204,14 @@ async def seen_by_tollway(request: web.Request) -> web.Response:
 async def test_https_redirect_sse_and_body_limit_through_real_nginx(
     nginx_binary: str, aiohttp_server: Any, tmp_path: Path
 ) -> None:
-    app = create_app(make_config({"server": {"trusted_proxies": ["127.0.0.1"]}}))
-    app[route_specs_key][app.router.add_post("/v1/completions", sse)] = RouteSpec("chat", "llm")
+    upstream = web.Application()
+    upstream.router.add_post("/v1/completions", sse)
+    slow = await aiohttp_server(upstream)
+    app = create_app(make_config({
+        "server": {"trusted_proxies": ["127.0.0.1"]},
+        "backends": {"up": {"type": "openai", "base_url": str(slow.make_url("/v1"))}},
+        "models": {"m": {"backend": "up"}},
+    }))  # fmt: skip
     seen = app.router.add_get("/v1/seen", seen_by_tollway)
     app[route_specs_key][seen] = RouteSpec("chat", "llm")
     tollway = await aiohttp_server(app)
@@ -242,7 +252,8 @@ async def test_https_redirect_sse_and_body_limit_through_real_nginx(
             assert redirect.status == 301 and redirect.headers["Location"].startswith("https://")
             started = time.monotonic()
             stream = await session.post(
-                f"https://127.0.0.1:{https}/v1/completions", json={},
+                f"https://127.0.0.1:{https}/v1/completions",
+                json={"model": "m", "prompt": "x", "stream": True},
                 headers={"Authorization": f"Bearer {USER_KEY}"},
             )  # fmt: skip
             assert stream.status == 200, await stream.text()
@@ -250,7 +261,7 @@ async def test_https_redirect_sse_and_body_limit_through_real_nginx(
             async for line in stream.content:
                 if line.startswith(b"data: "):
                     arrivals.append(time.monotonic() - started)
-            assert len(arrivals) == 20
+            assert len(arrivals) == 22  # 21 pieces and [DONE]
             assert arrivals[-1] - arrivals[0] > 0.5  # chunk by chunk, not one buffered lump
             too_big = await session.post(
                 f"https://127.0.0.1:{https}/v1/embeddings", data=b"x" * (17 * 1024 * 1024),

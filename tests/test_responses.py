@@ -244,3 +244,28 @@ async def test_responses_have_their_own_route_class_limit(tollway: Tollway) -> N
     assert statuses == [200, 200, 429]
     chat = {"model": "solo", "messages": [{"role": "user", "content": "x"}]}
     assert (await client.post("/v1/chat/completions", json=chat, headers=AUTH)).status == 200
+
+
+async def test_a_key_limited_to_some_models_may_not_use_others_for_responses(
+    tollway: Tollway, fake: FakeProvider
+) -> None:
+    limited = {"id": "narrow", "hash": hash_key(BUDGET_KEY), "tenant": "acme",
+               "scopes": ["llm"], "models": ["gpt-4o-mini"]}  # fmt: skip
+    client = await tollway({"keys": [*base_config_data()["keys"], limited]})
+    with pytest.raises(openai.PermissionDeniedError):
+        await sdk(client, BUDGET_KEY).responses.create(model="solo", input="x")
+    assert fake.hits("responses") == 0
+
+
+async def test_failing_responses_open_the_breaker_which_then_answers_without_calling(
+    tollway: Tollway, fake: FakeProvider
+) -> None:
+    client = await tollway()
+    fake.script("responses", "500", "500", "500")
+    body = {"model": "solo", "input": "x"}
+    for _ in range(3):
+        assert (await client.post("/v1/responses", json=body, headers=AUTH)).status == 500
+    refused = await client.post("/v1/responses", json=body, headers=AUTH)
+    assert refused.status == 503
+    assert (await refused.json())["error"]["code"] == "circuit_open"
+    assert fake.hits("responses") == 3

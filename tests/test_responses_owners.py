@@ -196,3 +196,27 @@ async def test_a_store_that_cannot_answer_fails_closed_with_503(tollway: Tollway
     answer = await client.get("/v1/responses/resp_unseen", headers=A)
     assert answer.status == 503
     assert (await answer.json())["error"]["code"] == "state_store_unavailable"
+
+
+async def test_a_stored_response_replayed_as_a_stream_is_tenant_bound_too(
+    tollway: Tollway, fake: FakeProvider
+) -> None:
+    client = await tollway()
+    response_id = await _created(client)
+    path = f"/v1/responses/{response_id}?stream=true&starting_after=0"
+    assert (await client.get(path, headers=B)).status == 404
+    replay = await client.get(path, headers=A)
+    assert replay.headers["Content-Type"] == "text/event-stream"
+    body = await replay.read()
+    assert body.startswith(b"event: response.completed\ndata: ")
+    assert fake.seen[-1].body == {"stream": "true", "starting_after": "0"}
+
+
+async def test_response_routes_not_relayed_here_never_reach_the_upstream(
+    tollway: Tollway, fake: FakeProvider
+) -> None:
+    client = await tollway()
+    for path in ("/v1/responses/input_tokens", "/v1/responses/compact"):
+        answer = await client.post(path, json={"model": "gpt-4o-mini", "input": "x"}, headers=A)
+        assert answer.status in (404, 405)
+    assert fake.seen == []

@@ -4,6 +4,7 @@ their usage; an API a backend does not serve is a clear error, never an upstream
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import aiohttp
 import openai
@@ -273,3 +274,36 @@ async def test_cached_moderations_are_kept_per_tenant(tollway: Tollway, fake: Fa
     assert [first.headers["X-Cache"], again.headers["X-Cache"], other.headers["X-Cache"]] == [
         "MISS", "HIT", "MISS",
     ]  # fmt: skip
+
+
+async def test_each_new_routes_body_schema_accepts_what_the_sdk_sends(
+    tollway: Tollway, fake: FakeProvider
+) -> None:
+    import jsonschema
+
+    client = await tollway(
+        {"models": {name: {"backend": "openai"} for name in ("tts-1", "gpt-image-1", "omni")}}
+    )
+    api = sdk(client)
+    first = await api.responses.create(
+        model="gpt-4o-mini", input=[{"role": "user", "content": "hi"}], instructions="be brief",
+        max_output_tokens=50, metadata={"a": "b"}, tools=[], temperature=0.2, store=True,
+    )  # fmt: skip
+    await api.responses.create(model="gpt-4o-mini", input="x", previous_response_id=first.id)
+    async for _ in await api.responses.create(model="gpt-4o-mini", input="x", stream=True):
+        pass
+    await api.completions.create(model="solo", prompt=["a", "b"], max_tokens=3, n=1)
+    async for _ in await api.completions.create(model="solo", prompt="x", stream=True):
+        pass
+    await api.moderations.create(model="omni", input=["a", "b"])
+    await api.images.generate(model="gpt-image-1", prompt="x", n=1, size="1024x1024")
+    await api.audio.speech.create(model="tts-1", voice="alloy", input="x", speed=1.5)
+    paths: dict[str, Any] = (await (await client.get("/openapi.json")).json())["paths"]
+    checked = 0
+    for seen in fake.seen:
+        operation = paths.get(seen.path, {}).get("post", {})
+        schema = operation.get("requestBody", {}).get("content", {}).get("application/json")
+        if schema is not None:
+            jsonschema.validate(seen.body, schema["schema"])
+            checked += 1
+    assert checked == 8

@@ -76,7 +76,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     principal = request[principal_key]
     targets = request.app[llm_router_key].targets(principal, body.get("model"), api="completions")
     prompt = body.get("prompt")
-    if prompt is None or not isinstance(prompt, str | list):
+    if "prompt" not in body or not isinstance(prompt, str | list | None):
         raise BadRequest("'prompt' must be a string or an array", param="prompt")
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
@@ -213,7 +213,7 @@ _COMPLETIONS_BODY: Final = {
     "required": ["model", "prompt"],
     "properties": {
         "model": {"type": "string"},
-        "prompt": {"type": ["string", "array"]},
+        "prompt": {"type": ["string", "array", "null"]},
         "stream": {"type": ["boolean", "null"]},
         "stream_options": {"type": ["object", "null"]},
         "max_tokens": {"type": ["integer", "null"]},
@@ -223,14 +223,17 @@ _COMPLETIONS_BODY: Final = {
 _MODERATIONS_BODY: Final = {
     "type": "object",
     "required": ["input"],
-    "properties": {"model": {"type": "string"}, "input": {"type": ["string", "array"]}},
+    "properties": {
+        "model": {"type": ["string", "null"]},
+        "input": {"type": ["string", "array"]},
+    },
 }
 _IMAGES_BODY: Final = {
     "type": "object",
     "required": ["prompt"],
     "properties": {
         "prompt": {"type": "string"},
-        "model": {"type": "string"},
+        "model": {"type": ["string", "null"]},
         "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 10},
         "size": {"type": ["string", "null"]},
         "quality": {"type": ["string", "null"]},

@@ -220,3 +220,16 @@ async def test_response_routes_not_relayed_here_never_reach_the_upstream(
         answer = await client.post(path, json={"model": "gpt-4o-mini", "input": "x"}, headers=A)
         assert answer.status in (404, 405)
     assert fake.seen == []
+
+
+async def test_a_binding_lasts_responses_ttl_s(tollway: Tollway) -> None:
+    from gateway.state.service import state_service_key
+
+    client = await tollway({"server": {"responses_ttl_s": 3600}})
+    response_id = await _created(client)
+    rows = await client.app[state_service_key].store.fetch(
+        "SELECT tenant, backend, expires_at - created_at FROM tollway_response_owners "
+        "WHERE id = ?",
+        (response_id,),
+    )
+    assert [tuple(r) for r in rows] == [("acme", "openai", pytest.approx(3600))]

@@ -8,7 +8,9 @@ limits and the bulkhead wrap it from outside (`gateway.resilience`), the same wa
 
 Kinds:
 
-* `LLMBackend`     OpenAI-compatible chat, streaming chat, embeddings, models
+* `LLMBackend`     OpenAI-compatible chat, streaming chat, embeddings, models, and the rest
+                   of the OpenAI surface (responses, completions, moderations, images,
+                   audio) through three generic calls: JSON, SSE events, relayed bytes
 * `SearchBackend`  Tavily-compatible search and extract
 * `SQLBackend`     read-only SQL with bound parameters
 """
@@ -33,6 +35,7 @@ __all__ = [
     "QueryResult",
     "SQLBackend",
     "SearchBackend",
+    "StreamHead",
     "reject_unknown_options",
     "sql_health",
 ]
@@ -106,6 +109,17 @@ class JSONResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamHead:
+    """The start of an upstream answer relayed as it arrives (audio, images): the first
+    item of `LLMBackend.relay`, before the body's chunks."""
+
+    status: int
+    content_type: str
+    content_length: int | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Column:
     name: str
     type: str
@@ -148,6 +162,46 @@ class LLMBackend(Backend, Protocol):
     async def embeddings(self, body: Mapping[str, Any], ctx: CallContext) -> JSONResponse: ...
 
     async def models(self, ctx: CallContext) -> list[dict[str, Any]]: ...
+
+    async def call_json(
+        self,
+        method: str,
+        path: str,
+        ctx: CallContext,
+        *,
+        body: Mapping[str, Any] | None = None,
+        params: Sequence[tuple[str, str]] = (),
+    ) -> JSONResponse:
+        """One JSON call to `path` under the API root (``/responses``, ``/completions``,
+        ``/responses/{id}``, …); `path` and `params` come from Tollway, never raw from a
+        client."""
+
+    def event_stream(
+        self,
+        path: str,
+        body: Mapping[str, Any] | None,
+        ctx: CallContext,
+        *,
+        method: str = "POST",
+        params: Sequence[tuple[str, str]] = (),
+    ) -> AsyncIterator[list[bytes]]:
+        """Like `chat_stream`, for any SSE answer (Responses, legacy completions)."""
+
+    def relay(
+        self,
+        path: str,
+        ctx: CallContext,
+        *,
+        body: bytes | AsyncIterator[bytes],
+        content_type: str,
+        content_length: int | None = None,
+        accept: str | None = None,
+        idle_timeout: bool = True,
+    ) -> AsyncIterator[StreamHead | bytes]:
+        """POST `body` (bytes, or chunks sent as they come) and yield the answer as it
+        arrives: a `StreamHead` first, then the body's chunks. Raises before the head for
+        an error status. Without `idle_timeout` only the caller's deadline bounds the wait
+        (an upload, or an image that takes a minute to draw)."""
 
 
 class SearchBackend(Backend, Protocol):

@@ -12,7 +12,7 @@ so the connection can be reused, default 0.5).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -24,6 +24,7 @@ from backends.base import (
     CallContext,
     Health,
     JSONResponse,
+    StreamHead,
     reject_unknown_options,
 )
 from backends.http import (
@@ -179,6 +180,116 @@ class OpenAIBackend:
                 last = event_data(buffer.strip(b"\n"))
                 if last is not None:
                     yield [last]
+        except TimeoutError:
+            raise BackendTimeout(
+                f"backend {self.name!r} went silent for {self.idle_timeout_s:g}s",
+                backend=self.name,
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise transport_error(self.name, exc) from exc
+
+    # --- the rest of the OpenAI surface: responses, completions, moderations, audio, images
+
+    async def call_json(
+        self,
+        method: str,
+        path: str,
+        ctx: CallContext,
+        *,
+        body: Mapping[str, Any] | None = None,
+        params: Sequence[tuple[str, str]] = (),
+    ) -> JSONResponse:
+        """One JSON call to `path` under the API root; an error status raises."""
+        try:
+            async with self.session.request(
+                method,
+                f"{self._base}{path}",
+                data=orjson.dumps(body) if body is not None else None,
+                params=list(params),
+                headers={"X-Request-ID": ctx.request_id},
+                timeout=self._json_timeout,
+            ) as response:
+                await raise_for_upstream(self.name, response)
+                raw = await response.read()
+                return JSONResponse(response.status, raw, _passed_headers(response))
+        except aiohttp.ClientError as exc:
+            raise transport_error(self.name, exc) from exc
+
+    async def event_stream(
+        self,
+        path: str,
+        body: Mapping[str, Any] | None,
+        ctx: CallContext,
+        *,
+        method: str = "POST",
+        params: Sequence[tuple[str, str]] = (),
+    ) -> AsyncIterator[list[bytes]]:
+        """The data of the SSE events of any streamed answer, as `chat_stream` gives them."""
+        try:
+            async with self.session.request(
+                method,
+                f"{self._base}{path}",
+                data=orjson.dumps(body) if body is not None else None,
+                params=list(params),
+                headers={"X-Request-ID": ctx.request_id, "Accept": "text/event-stream"},
+                timeout=self._stream_timeout,
+            ) as response:
+                await raise_for_upstream(self.name, response)
+                buffer = b""
+                async for chunk in response.content.iter_any():
+                    buffer += chunk
+                    if b"\r" in buffer:
+                        buffer = buffer.replace(b"\r\n", b"\n")
+                    *blocks, buffer = buffer.split(b"\n\n")
+                    if blocks:
+                        events = [data for data in map(event_data, blocks) if data is not None]
+                        if events:
+                            yield events
+                last = event_data(buffer.strip(b"\n"))
+                if last is not None:
+                    yield [last]
+        except TimeoutError:
+            raise BackendTimeout(
+                f"backend {self.name!r} went silent for {self.idle_timeout_s:g}s",
+                backend=self.name,
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise transport_error(self.name, exc) from exc
+
+    async def relay(
+        self,
+        path: str,
+        ctx: CallContext,
+        *,
+        body: bytes | AsyncIterator[bytes],
+        content_type: str,
+        content_length: int | None = None,
+        accept: str | None = None,
+        idle_timeout: bool = True,
+    ) -> AsyncIterator[StreamHead | bytes]:
+        """POST `body` and yield the answer's head, then its chunks as they arrive."""
+        headers = {"X-Request-ID": ctx.request_id, "Content-Type": content_type}
+        if content_length is not None:
+            headers["Content-Length"] = str(content_length)
+        if accept is not None:
+            headers["Accept"] = accept
+        try:
+            async with self.session.post(
+                f"{self._base}{path}",
+                data=body,
+                headers=headers,
+                timeout=self._stream_timeout if idle_timeout else self._json_timeout,
+            ) as response:
+                await raise_for_upstream(self.name, response)
+                yield StreamHead(
+                    response.status,
+                    response.headers.get("Content-Type", "application/octet-stream"),
+                    # a compressed answer is relayed decompressed: its length is not known
+                    None if "Content-Encoding" in response.headers else response.content_length,
+                    _passed_headers(response),
+                )
+                async for chunk in response.content.iter_any():
+                    yield chunk
         except TimeoutError:
             raise BackendTimeout(
                 f"backend {self.name!r} went silent for {self.idle_timeout_s:g}s",

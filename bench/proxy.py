@@ -2,7 +2,8 @@
 
 Started in one run, each in its own process:
 
-* a fast fake OpenAI upstream (JSON chat answers and short SSE streams);
+* a fast fake OpenAI upstream (JSON chat answers, short chat SSE streams and short
+  Responses API event streams);
 * `bare`: an aiohttp reverse proxy with one shared ClientSession and a chunk-by-chunk
   relay on uvloop, doing nothing else;
 * `tollway`: the full app, auth, limits, metrics, access log (to /dev/null) and the
@@ -10,11 +11,11 @@ Started in one run, each in its own process:
 
 The proxy under test is pinned to core 0; wrk and the upstream to core 1. wrk drives
 each proxy at concurrency 1, 8 and 64, interleaved, `--reps` times; then a client
-measures streaming time-to-first-byte. Both non-streaming and streaming
-requests are driven by wrk. Printed: req/s, p50/p99, Tollway/bare ratios,
-TTFB, and Tollway's peak RSS.
+measures streaming time-to-first-byte. Non-streaming chat, streaming chat and
+streaming Responses requests are driven by wrk. Printed: req/s, p50/p99, Tollway/bare
+ratios, TTFB, and Tollway's peak RSS.
 
-    python -m bench proxy [--duration S] [--reps N] [--streams N]
+    python -m bench proxy [--duration S] [--reps N] [--streams N] [--kinds chat,stream,responses]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ CHAT_BODY = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content
 STREAM_BODY = orjson.dumps(
     {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": True}
 )
+RESPONSES_BODY = orjson.dumps({"model": MODEL, "input": "Hi", "stream": True})
 PROXY_CPU = {0}
 LOAD_CPU = {1}
 
@@ -87,6 +89,48 @@ _STREAM_END = _chunk({}, "stop") + (
 )
 
 
+def _responses_stream() -> bytes:
+    """A Responses API event stream as OpenAI sends it: 10 events, 4 text deltas."""
+    base = {"id": "resp_bench", "object": "response", "created_at": 1700000000, "model": MODEL,
+            "status": "in_progress", "output": []}  # fmt: skip
+    item = {"id": "msg_bench", "type": "message", "role": "assistant", "status": "in_progress",
+            "content": []}  # fmt: skip
+    where = {"item_id": "msg_bench", "output_index": 0, "content_index": 0}
+    done_item = {**item, "status": "completed",
+                 "content": [{"type": "output_text", "text": "Hello from the bench",
+                              "annotations": []}]}  # fmt: skip
+    usage = {"input_tokens": 9, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 4,
+             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 13}  # fmt: skip
+    events = [
+        {"type": "response.created", "response": base},
+        {"type": "response.in_progress", "response": base},
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        *[{"type": "response.output_text.delta", **where, "delta": word, "logprobs": []}
+          for word in ("Hello", " from", " the", " bench")],
+        {"type": "response.output_text.done", **where, "text": "Hello from the bench"},
+        {"type": "response.output_item.done", "output_index": 0, "item": done_item},
+        {"type": "response.completed",
+         "response": {**base, "status": "completed", "output": [done_item], "usage": usage}},
+    ]  # fmt: skip
+    return b"".join(
+        b"event: " + e["type"].encode() + b"\ndata: "
+        + orjson.dumps({**e, "sequence_number": n}) + b"\n\n"
+        for n, e in enumerate(events)
+    )  # fmt: skip
+
+
+_RESPONSES = _responses_stream()
+
+
+async def upstream_responses(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(_RESPONSES)
+    await response.write_eof()
+    return response
+
+
 async def upstream_chat(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     if b'"stream":true' not in body:
@@ -103,6 +147,7 @@ async def upstream_chat(request: web.Request) -> web.StreamResponse:
 def upstream_app() -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", upstream_chat)
+    app.router.add_post("/v1/responses", upstream_responses)
     return app
 
 
@@ -121,7 +166,7 @@ def bare_proxy_app(upstream: str) -> web.Application:
     async def forward(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         async with app[session_key].post(
-            f"{upstream}/v1/chat/completions",
+            f"{upstream}{request.path}",
             data=body,
             headers={"Content-Type": "application/json", "Authorization": "Bearer sk-up"},
         ) as upstream_response:
@@ -140,6 +185,7 @@ def bare_proxy_app(upstream: str) -> web.Application:
 
     app.cleanup_ctx.append(session_ctx)
     app.router.add_post("/v1/chat/completions", forward)
+    app.router.add_post("/v1/responses", forward)
     return app
 
 
@@ -177,6 +223,13 @@ def tollway_app(
     )
     return create_app(config)
 
+
+_KINDS = {
+    "chat": ("/v1/chat/completions", CHAT_BODY, "non-streaming chat"),
+    "stream": ("/v1/chat/completions", STREAM_BODY, "streaming chat (6 events)"),
+    "responses": ("/v1/responses", RESPONSES_BODY, "streaming Responses API (10 events)"),
+}
+"""Each case wrk drives: path, body, title."""
 
 _WRK_SCRIPT = """
 wrk.method = "POST"
@@ -233,6 +286,9 @@ async def run(argv: list[str]) -> None:
     parser.add_argument("--streams", type=int, default=300, help="streams for TTFB")
     parser.add_argument("--concurrency", default="1,8,64")
     parser.add_argument(
+        "--kinds", default="chat,stream,responses", help="which of chat, stream, responses"
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         help="Tollway's log level; 'warning' drops the access log line, to see its cost",
@@ -259,20 +315,21 @@ async def run(argv: list[str]) -> None:
     results: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     peak_rss = 0.0
     scripts: dict[str, str] = {}
-    for kind, body in (("chat", CHAT_BODY), ("stream", STREAM_BODY)):
+    kinds = [k for k in args.kinds.split(",") if k in _KINDS]
+    for kind in kinds:
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-            script.write(_WRK_SCRIPT.format(body=body.decode(), key=BENCH_KEY))
+            script.write(_WRK_SCRIPT.format(body=_KINDS[kind][1].decode(), key=BENCH_KEY))
         scripts[kind] = script.name
     try:
         for server in servers.values():  # warm up pools and code paths
-            for script_name in scripts.values():
-                run_wrk(server.url("/v1/chat/completions"), 8, 1, script_name)
+            for kind, script_name in scripts.items():
+                run_wrk(server.url(_KINDS[kind][0]), 8, 1, script_name)
         for _ in range(args.reps):
             for kind, script_name in scripts.items():
                 for concurrency in levels:
                     for name, server in servers.items():
                         figures = run_wrk(
-                            server.url("/v1/chat/completions"),
+                            server.url(_KINDS[kind][0]),
                             concurrency,
                             args.duration,
                             script_name,
@@ -295,8 +352,8 @@ async def run(argv: list[str]) -> None:
         f"wrk {args.duration:g}s x {args.reps} reps per level, interleaved; proxy on core 0, "
         "load and upstream on core 1; medians over reps; latencies in ms"
     )
-    for kind, title in (("chat", "non-streaming chat"), ("stream", "streaming chat (6 events)")):
-        print(title)
+    for kind in kinds:
+        print(_KINDS[kind][2])
         _print_table(results, kind, levels)
     b50, t50 = _percentile(ttfb["bare"], 50), _percentile(ttfb["tollway"], 50)
     b99, t99 = _percentile(ttfb["bare"], 99), _percentile(ttfb["tollway"], 99)

@@ -31,7 +31,9 @@ def _fill_sqlite(path: str, rows: int) -> None:
     asyncio.run(_migrate_and_close(store))
     with sqlite3.connect(path) as connection:
         connection.executemany(
-            "INSERT INTO tollway_usage VALUES (?, '2026-11-25', ?, 'app-1', 'acme', 'chat', "
+            "INSERT INTO tollway_usage (at, day, request_id, key_id, tenant, route_class, route, "
+            "backend, model, status, latency_ms, tokens_in, tokens_out, rows_out, bytes_out, "
+            "cache_hit) VALUES (?, '2026-11-25', ?, 'app-1', 'acme', 'chat', "
             "'/v1/chat/completions', 'openai', 'gpt-4o-mini', 200, 12.5, 20, 80, 0, 512, 0)",
             ((1764000000.0 + i, f"req-{i}") for i in range(rows)),
         )

@@ -35,8 +35,9 @@ from gateway.edge.key_sync import key_sync_context
 from gateway.edge.keytable import KeyTable, key_table_key
 from gateway.edge.rate_limit import rate_limit_middleware
 from gateway.edge.request_id import request_id_middleware
+from gateway.llm import audio, passthrough, responses, search
 from gateway.llm import routes as llm
-from gateway.llm import search
+from gateway.llm.responses_store import response_owners_context
 from gateway.ops import health_routes, metrics_route, openapi
 from gateway.ops.error_tracking import ErrorTracker, error_tracker_key
 from gateway.ops.health import health_sources_key
@@ -102,7 +103,10 @@ def create_app(config: Config) -> web.Application:
                 else []
             ),
             errors_middleware,
-            body_limit_middleware(config.server.max_body_bytes),
+            body_limit_middleware(
+                config.server.max_body_bytes,
+                {"audio": (config.server.audio_max_bytes, "server.audio_max_bytes")},
+            ),
             ip_limit_middleware(config.limits),
             auth_middleware,
             rate_limit_middleware(config.limits),
@@ -136,6 +140,9 @@ def create_app(config: Config) -> web.Application:
         *health_routes.routes(),
         *metrics_route.routes(),
         *llm.routes(),
+        *responses.routes(),
+        *passthrough.routes(),
+        *audio.routes(),
         *search.routes(),
         *data.routes(),
         *admin.routes(),
@@ -151,6 +158,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(loop_lag_probe)
     app.cleanup_ctx.append(backends_context)
     app.cleanup_ctx.append(state_context)
+    app.cleanup_ctx.append(response_owners_context)
     app.cleanup_ctx.append(key_sync_context)
     app.cleanup_ctx.append(mark_started)
     app.on_cleanup.append(_close_limiter)

@@ -15,6 +15,7 @@ Hierarchy::
     ├── PayloadTooLarge               413 invalid_request_error
     ├── RateLimited                   429 rate_limit_error       (Retry-After)
     ├── NotSupported                  501 not_implemented_error
+    ├── NotConfigured                 503 service_unavailable_error (nothing here serves it)
     └── BackendError                  raised by backends and the resilience wrapper
         ├── UpstreamHTTPError         the upstream's own status, type, code and param
         ├── BackendUnavailable        503 service_unavailable_error (connect error, reset, pool)
@@ -41,6 +42,7 @@ __all__ = [
     "CircuitOpen",
     "Forbidden",
     "MethodNotAllowed",
+    "NotConfigured",
     "NotFound",
     "NotSupported",
     "OutboundLimited",
@@ -144,6 +146,19 @@ class NotSupported(TollwayError):
     status = 501
     error_type = "not_implemented_error"
     default_code = "not_implemented"
+
+
+class NotConfigured(TollwayError):
+    """No backend here serves what was asked (no provider key set, say): retrying cannot
+    help until the operator changes the configuration, so SDKs are told not to."""
+
+    status = 503
+    error_type = "service_unavailable_error"
+    default_code = "not_configured"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("should_retry", False)
+        super().__init__(message, **kwargs)
 
 
 class ShuttingDown(TollwayError):

@@ -32,6 +32,11 @@ class RouteSpec:
     """JSON schema of the request body, for /openapi.json."""
     responses: Mapping[str, Any] = field(default_factory=dict)
     """Extra OpenAPI responses by status; the error shape is documented for every route."""
+    body_limit: str | None = None
+    """The named size limit the body answers to instead of ``server.max_body_bytes``
+    (``audio``: ``server.audio_max_bytes``); such a route counts its body as it reads it."""
+    request_content: Mapping[str, Any] | None = None
+    """For a body that is not JSON: OpenAPI content by media type (a multipart upload)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.fake_openai_surface import SurfaceEndpoints
+
 UPSTREAM_KEY = "sk-upstream-0123456789abcdefghij"
 TAVILY_KEY = "tvly-upstream-0123456789abcdefghij"
 
@@ -29,7 +31,7 @@ class Seen:
     at: float = field(default_factory=time.monotonic)
 
 
-class FakeProvider:
+class FakeProvider(SurfaceEndpoints):
     def __init__(self) -> None:
         self.seen: list[Seen] = []
         self._scripts: dict[str, deque[str]] = defaultdict(deque)
@@ -58,6 +60,7 @@ class FakeProvider:
             app.router.add_get(f"{prefix}/models", self.models)
         app.router.add_post("/search", self.search)
         app.router.add_post("/extract", self.extract)
+        self.surface_routes(app)
         return app
 
     async def _record(self, request: web.Request) -> Any:

@@ -177,13 +177,17 @@ def test_nginx_accepts_the_shipped_config(nginx_binary: str, tmp_path: Path) -> 
 
 
 async def sse(request: web.Request) -> web.StreamResponse:
+    """A slow upstream completions stream: 20 pieces 50 ms apart, a finish, ``[DONE]``."""
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
     )
     await response.prepare(request)
-    for index in range(20):
-        await response.write(f'data: {{"i": {index}}}\n\n'.encode())
+    for index in range(21):
+        finish = '"stop"' if index == 20 else "null"
+        choice = f'{{"text": "{index}", "index": 0, "finish_reason": {finish}}}'
+        await response.write(f'data: {{"choices": [{choice}]}}\n\n'.encode())
         await asyncio.sleep(0.05)
+    await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     return response
 
@@ -200,8 +204,14 @@ async def seen_by_tollway(request: web.Request) -> web.Response:
 async def test_https_redirect_sse_and_body_limit_through_real_nginx(
     nginx_binary: str, aiohttp_server: Any, tmp_path: Path
 ) -> None:
-    app = create_app(make_config({"server": {"trusted_proxies": ["127.0.0.1"]}}))
-    app[route_specs_key][app.router.add_post("/v1/completions", sse)] = RouteSpec("chat", "llm")
+    upstream = web.Application()
+    upstream.router.add_post("/v1/completions", sse)
+    slow = await aiohttp_server(upstream)
+    app = create_app(make_config({
+        "server": {"trusted_proxies": ["127.0.0.1"]},
+        "backends": {"up": {"type": "openai", "base_url": str(slow.make_url("/v1"))}},
+        "models": {"m": {"backend": "up"}},
+    }))  # fmt: skip
     seen = app.router.add_get("/v1/seen", seen_by_tollway)
     app[route_specs_key][seen] = RouteSpec("chat", "llm")
     tollway = await aiohttp_server(app)
@@ -242,7 +252,8 @@ async def test_https_redirect_sse_and_body_limit_through_real_nginx(
             assert redirect.status == 301 and redirect.headers["Location"].startswith("https://")
             started = time.monotonic()
             stream = await session.post(
-                f"https://127.0.0.1:{https}/v1/completions", json={},
+                f"https://127.0.0.1:{https}/v1/completions",
+                json={"model": "m", "prompt": "x", "stream": True},
                 headers={"Authorization": f"Bearer {USER_KEY}"},
             )  # fmt: skip
             assert stream.status == 200, await stream.text()
@@ -250,7 +261,7 @@ async def test_https_redirect_sse_and_body_limit_through_real_nginx(
             async for line in stream.content:
                 if line.startswith(b"data: "):
                     arrivals.append(time.monotonic() - started)
-            assert len(arrivals) == 20
+            assert len(arrivals) == 22  # 21 pieces and [DONE]
             assert arrivals[-1] - arrivals[0] > 0.5  # chunk by chunk, not one buffered lump
             too_big = await session.post(
                 f"https://127.0.0.1:{https}/v1/embeddings", data=b"x" * (17 * 1024 * 1024),
@@ -263,6 +274,21 @@ async def test_https_redirect_sse_and_body_limit_through_real_nginx(
 
 
 # --- the real Prometheus and every dashboard expression ------------------------------------
+
+
+async def _surface_traffic(client: Any, auth: dict[str, str]) -> None:
+    """A Responses call, a transcription, speech, an image and a refused response id."""
+    await client.post("/v1/responses", headers=auth, json={"model": "gpt-4o-mini", "input": "x"})
+    form = aiohttp.FormData()
+    form.add_field("model", "whisper-1")
+    form.add_field("file", b"RIFF" * 64, filename="a.wav", content_type="audio/wav")
+    await client.post("/v1/audio/transcriptions", headers=auth, data=form)
+    speech = {"model": "tts-1", "input": "x", "voice": "alloy"}
+    await (await client.post("/v1/audio/speech", headers=auth, json=speech)).read()
+    await client.post(
+        "/v1/images/generations", headers=auth, json={"model": "gpt-image-1", "prompt": "x"}
+    )
+    await client.get("/v1/responses/resp_never_relayed", headers=auth)
 
 
 def dashboard_expressions() -> list[str]:
@@ -325,7 +351,8 @@ async def test_prometheus_answers_every_dashboard_expression(
                 "api_key": UPSTREAM_KEY,
             },
         },
-        "models": {"gpt-4o-mini": {"backend": "openai"}},
+        "models": {"gpt-4o-mini": {"backend": "openai"}, "whisper-1": {"backend": "openai"},
+                   "tts-1": {"backend": "openai"}, "gpt-image-1": {"backend": "openai"}},
     })  # fmt: skip
     client = await aiohttp_client(create_app(config))
     port = client.server.port
@@ -368,6 +395,7 @@ async def test_prometheus_answers_every_dashboard_expression(
             await client.post(
                 "/v1/query", headers=auth, json={"backend": "wh", "sql": "SELECT 1 AS same"}
             )
+            await _surface_traffic(client, auth)
             for _ in range(2):
                 await client.get("/v1/datasets")  # unauthenticated: the per-IP limit rejects some
             await asyncio.sleep(1.2)

@@ -233,16 +233,21 @@ async def usage(request: web.Request) -> web.Response:
     sql = (
         f"SELECT {', '.join(columns)}, count(*), "
         "sum(CASE WHEN status >= 400 THEN 1 ELSE 0 END), sum(tokens_in), sum(tokens_out), "
-        "sum(rows_out), sum(bytes_out), sum(cache_hit) "
+        "sum(rows_out), sum(bytes_out), sum(cache_hit), sum(tokens_cached), "
+        "sum(tokens_reasoning), sum(audio_bytes), sum(images), sum(audio_seconds) "
         f"FROM tollway_usage WHERE {' AND '.join(where)} "
         f"GROUP BY {', '.join(columns)} ORDER BY {', '.join(columns)}"
     )
     rows = await _service(request).store.fetch(sql, params)
     names = list(dict.fromkeys(groups))
-    fields = ("requests", "errors", "tokens_in", "tokens_out", "rows", "bytes_out", "cache_hits")
+    fields = (
+        "requests", "errors", "tokens_in", "tokens_out", "rows", "bytes_out", "cache_hits",
+        "tokens_cached", "tokens_reasoning", "audio_bytes", "images",
+    )  # fmt: skip
     data = [
         {**dict(zip(names, row[: len(names)], strict=True)),
-         **{f: int(v or 0) for f, v in zip(fields, row[len(names):], strict=True)}}
+         **{f: int(v or 0) for f, v in zip(fields, row[len(names):-1], strict=True)},
+         "audio_seconds": round(float(row[-1] or 0), 3)}
         for row in rows
     ]  # fmt: skip
     return _json({"object": "list", "data": data})

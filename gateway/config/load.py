@@ -44,9 +44,14 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -
     env = os.environ if env is None else env
     path = path or env.get("TOLLWAY_CONFIG") or None
     if path is None:
-        data, demo_key = embedded_config_data(env)
-        config = parse_config(data, env=env, source="<embedded default>")
-        return replace(config, demo_key=demo_key)
+        default = embedded_config_data(env)
+        config = parse_config(default.data, env=env, source="<embedded default>")
+        return replace(
+            config,
+            demo_key=default.demo_key,
+            providers=default.providers,
+            unconfigured=MappingProxyType(default.unconfigured),
+        )
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -146,6 +151,12 @@ def _check_references(config: Config) -> None:
     for name, model in config.models.items():
         if model.backend not in config.backends:
             raise ConfigError(f"models.{name}.backend", f'no backend named "{model.backend}"')
+        lacking = sorted((model.apis or frozenset()) - config.backends[model.backend].apis)
+        if lacking:
+            raise ConfigError(
+                f"models.{name}.apis",
+                f'backend "{model.backend}" does not serve {", ".join(lacking)} (its apis)',
+            )
         for fallback in model.fallbacks:
             if fallback not in config.models:
                 raise ConfigError(f"models.{name}.fallbacks", f'no model named "{fallback}"')

@@ -10,6 +10,7 @@ from typing import Any, Final
 from gateway.config.rates import Rate
 
 __all__ = [
+    "APIS",
     "BACKEND_TYPES",
     "ROUTE_CLASSES",
     "SCOPES",
@@ -29,7 +30,10 @@ SCOPES: Final = ("llm", "search", "query", "odata", "admin")
 BACKEND_TYPES: Final = ("openai", "tavily", "postgres", "duckdb")
 ROUTE_CLASSES: Final = (
     "chat", "embeddings", "models", "search", "query", "datasets", "odata", "admin",
+    "responses", "completions", "moderations", "images", "audio",
 )  # fmt: skip
+APIS: Final = ("chat", "embeddings", "responses", "completions", "moderations", "audio", "images")
+"""The OpenAI APIs an LLM backend (or one of its models) may serve: a backend's ``apis``."""
 DEFAULT_STATE: Final = "sqlite:///./tollway-state.db"
 DEFAULT_LIMITS: Final = ("60/minute", "1000/hour")
 DEFAULT_PER_IP: Final = ("60/minute", "1000/hour")
@@ -60,6 +64,11 @@ class ServerConfig:
     max_header_bytes: int = 8190
     max_headers: int = 100
     header_timeout_s: float = 15.0
+    audio_max_bytes: int = 25 * 1024 * 1024
+    """Audio uploads (transcriptions, translations) answer to this limit, counted while the
+    upload streams, instead of `max_body_bytes`."""
+    responses_ttl_s: float = 30 * 86400.0
+    """How long a stored response id stays bound to the tenant that created it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +124,8 @@ class BackendConfig:
     """Data backends: the most rows one query may answer, whatever the request asks."""
     raw_sql: bool = True
     """Data backends: whether ``POST /v1/query`` may send SQL here (datasets always may)."""
+    apis: frozenset[str] = frozenset()
+    """LLM backends: the OpenAI APIs it serves (`APIS`); set from the provider when unset."""
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -124,6 +135,8 @@ class ModelConfig:
     backend: str
     upstream_model: str
     fallbacks: tuple[str, ...] = ()
+    apis: frozenset[str] | None = None
+    """The APIs this model serves, among its backend's; None: all of its backend's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,3 +185,10 @@ class Config:
     source: str = "<embedded default>"
     demo_key: str | None = None
     """Set only for the embedded default: the key printed once at start."""
+    providers: tuple[tuple[str, str, bool], ...] = ()
+    """Set only for the embedded default: (provider, environment variable, found) for each
+    provider it serves when that variable holds a key."""
+    unconfigured: Mapping[str, str] = field(default_factory=dict)
+    """Route kind (``llm``, ``search``) → what to do to serve it, for the error those routes
+    answer while no backend of the kind is configured (the embedded default names the
+    environment variables)."""

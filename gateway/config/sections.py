@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Final
 
 from gateway.config.model import (
+    APIS,
     BACKEND_TYPES,
     DEFAULT_LIMITS,
     DEFAULT_PER_IP,
@@ -69,6 +70,8 @@ def server_config(s: Section) -> ServerConfig:
         ),
         max_headers=s.number("max_headers", d.max_headers, integer=True, minimum=8),
         header_timeout_s=s.number("header_timeout_s", d.header_timeout_s, minimum=0),
+        audio_max_bytes=s.number("audio_max_bytes", d.audio_max_bytes, integer=True, minimum=1),
+        responses_ttl_s=s.number("responses_ttl_s", d.responses_ttl_s, minimum=1),
     )
     if config.port > 65535:
         raise ConfigError("server.port", f"must be at most 65535, got {config.port}")
@@ -113,6 +116,8 @@ def cache_config(s: Section) -> CacheConfig:
     for index, name in enumerate(routes):
         if name not in ROUTE_CLASSES:
             raise ConfigError(f"cache.routes[{index}]", f'unknown route class "{name}"')
+        if name in _NEVER_CACHED:
+            raise ConfigError(f"cache.routes[{index}]", f'"{name}" answers are never cached')
     config = CacheConfig(
         backend=s.choice("backend", ("memory", "redis"), d.backend),
         ttl_s=s.number("ttl_s", d.ttl_s),
@@ -139,16 +144,49 @@ def odata_config(s: Section) -> ODataConfig:
     return config
 
 
+_NEVER_CACHED: Final = frozenset({"images", "audio"})
+"""Route classes whose answers are media (megabytes, or a different answer each time)."""
+
 _BACKEND_COMMON: Final = {
     "type", "timeout_s", "connect_timeout_s", "retries", "breaker", "outbound_limit",
-    "outbound_wait_s", "max_in_flight", "required", "max_rows", "raw_sql",
+    "outbound_wait_s", "max_in_flight", "required", "max_rows", "raw_sql", "apis",
 }  # fmt: skip
+
+_PROVIDER_APIS: Final = {
+    "api.openai.com": frozenset(APIS),
+    "api.groq.com": frozenset({"chat", "responses", "audio"}),
+}
+"""What a known provider serves, for a backend whose config does not say (``apis``). Any
+other OpenAI-compatible server is taken to serve every API: its own answer decides."""
+
+
+def _apis(s: Section, key: str, default: frozenset[str] | None) -> frozenset[str] | None:
+    if not s.has(key):
+        return default
+    names = s.strings(key)
+    for index, name in enumerate(names):
+        if name not in APIS:
+            raise ConfigError(
+                f"{s.key_path(key)}[{index}]", f'unknown API "{name}" ({", ".join(APIS)})'
+            )
+    return frozenset(names)
+
+
+def _provider_apis(kind: str, options: Mapping[str, object]) -> frozenset[str]:
+    if kind != "openai":
+        return frozenset()
+    base_url = options.get("base_url")
+    host = re.sub(r"^[a-z]+://", "", base_url).split("/")[0] if isinstance(base_url, str) else ""
+    return _PROVIDER_APIS.get(host.split(":")[0], frozenset(APIS)) if host else frozenset(APIS)
 
 
 def backend_config(name: str, s: Section) -> BackendConfig:
     kind = s.choice("type", BACKEND_TYPES)
     breaker = s.section("breaker")
     outbound = s.string("outbound_limit", None)
+    options = MappingProxyType({k: s.raw(k) for k in s.keys() if k not in _BACKEND_COMMON})
+    if s.has("apis") and kind != "openai":
+        raise ConfigError(s.key_path("apis"), "only LLM backends (type: openai) serve APIs")
     config = BackendConfig(
         name=name,
         type=kind,
@@ -167,7 +205,8 @@ def backend_config(name: str, s: Section) -> BackendConfig:
         required=s.boolean("required", False),
         max_rows=s.number("max_rows", 10_000, integer=True, minimum=1),
         raw_sql=s.boolean("raw_sql", True),
-        options=MappingProxyType({k: s.raw(k) for k in s.keys() if k not in _BACKEND_COMMON}),
+        apis=_apis(s, "apis", _provider_apis(kind, options)) or frozenset(),
+        options=options,
     )
     breaker.reject_unknown()
     return config
@@ -179,6 +218,7 @@ def model_config(name: str, s: Section) -> ModelConfig:
         backend=s.string("backend"),
         upstream_model=s.string("model", name),
         fallbacks=s.strings("fallbacks", ()),
+        apis=_apis(s, "apis", None),
     )
     s.reject_unknown()
     return config

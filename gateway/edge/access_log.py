@@ -140,5 +140,11 @@ def _record_usage(
             usage.rows,
             _bytes_out(response),
             1 if cache_hit else 0,
+            usage.tokens_cached,
+            usage.tokens_reasoning,
+            usage.audio_seconds,
+            usage.audio_bytes,
+            usage.images,
+            usage.image_size,
         )
     )

@@ -22,7 +22,9 @@ from gateway.routing import route_spec_key
 
 __all__ = ["budget_middleware"]
 
-BUDGETED: Final = frozenset({"chat", "embeddings"})
+BUDGETED: Final = frozenset(
+    {"chat", "embeddings", "responses", "completions", "moderations", "images", "audio"}
+)
 
 
 @web.middleware

@@ -4,6 +4,10 @@ A name is either a row of the config's `models` table (its backend, the upstream
 for it, and its ordered fallbacks) or ``backend/model`` for any model of a configured
 LLM backend. The client never chooses a URL or host: only configured backends are
 reachable, so there is no path from a request body to an arbitrary upstream.
+
+Asked for one API (chat, responses, audio, …), the router keeps only the targets whose
+model and backend serve it (`apis` in the config): a model that does not is a clear 400,
+never an upstream 404, and a fallback that does not is skipped.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.edge.principal import Principal
-from gateway.errors import BadRequest, Forbidden, NotFound
+from gateway.errors import BadRequest, Forbidden, NotConfigured, NotFound
 from gateway.resilience.guard import Guard
 from gateway.resilience.registry import BackendRegistry
 
@@ -34,9 +38,12 @@ class ModelRouter:
         self._registry = registry
         self._kind = kind
 
-    def targets(self, principal: Principal, model: object) -> list[Target]:
+    def targets(self, principal: Principal, model: object, api: str | None = None) -> list[Target]:
         """The primary target for `model` and its fallbacks; 404 for an unknown model,
-        403 for a model the key may not use."""
+        403 for a model the key may not use. With `api`, only targets serving it: 503 when
+        no backend here serves it, 400 when the model does not."""
+        if api is not None:
+            self.require_served(api)
         if not isinstance(model, str) or not model:
             raise BadRequest("'model' must be a non-empty string", param="model")
         primary = self._target(model)
@@ -47,13 +54,52 @@ class ModelRouter:
                 param="model",
                 should_retry=False,
             )
+        if api is not None and api not in self.apis_of(primary):
+            raise BadRequest(
+                f"the model {model!r} does not serve the {api} API here",
+                code="unsupported_api",
+                param="model",
+            )
         found = [primary]
         entry = self._config.models.get(model)
         for fallback in entry.fallbacks if entry else ():
             target = self._target(fallback)
+            if api is not None and api not in self.apis_of(target):
+                continue
             if all(t.name != target.name for t in found):
                 found.append(target)
         return found
+
+    def apis_of(self, target: Target) -> frozenset[str]:
+        """The APIs `target` serves: its model's `apis`, else its backend's."""
+        entry = self._config.models.get(target.name)
+        if entry is not None and entry.apis is not None:
+            return entry.apis
+        apis: frozenset[str] = target.guard.config.apis
+        return apis
+
+    def require_served(self, api: str) -> None:
+        """`NotConfigured` (naming what to set) when no configured backend serves `api`."""
+        if any(api in b.apis for b in self._config.backends.values() if self._is_kind(b.name)):
+            return
+        hint = self._config.unconfigured.get(api)
+        raise NotConfigured(
+            f"no LLM provider here serves the {api} API: {hint}"
+            if hint
+            else f"no backend in Tollway's config serves the {api} API (see a backend's apis)"
+        )
+
+    def first_serving(self, principal: Principal, api: str) -> str | None:
+        """The first `models` entry serving `api` that this key may use (for requests
+        where the model is optional, such as moderations)."""
+        for name in self.listed(principal):
+            entry = self._config.models[name]
+            if api in (entry.apis if entry.apis is not None else self._backend_apis(entry.backend)):
+                return name
+        return None
+
+    def _backend_apis(self, backend: str) -> frozenset[str]:
+        return self._config.backends[backend].apis
 
     def listed(self, principal: Principal) -> list[str]:
         """The `models` entries this key may use, for ``GET /v1/models``."""

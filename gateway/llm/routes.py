@@ -75,7 +75,9 @@ def _checked_body(body: dict[str, Any], required_list: str) -> None:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    targets = request.app[llm_router_key].targets(request[principal_key], body.get("model"))
+    targets = request.app[llm_router_key].targets(
+        request[principal_key], body.get("model"), api="chat"
+    )
     _checked_body(body, "messages")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
@@ -111,7 +113,9 @@ async def _json_answer(
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    targets = request.app[llm_router_key].targets(request[principal_key], body.get("model"))
+    targets = request.app[llm_router_key].targets(
+        request[principal_key], body.get("model"), api="embeddings"
+    )
     _checked_body(body, "input")
     parts = (targets[0].name, targets[0].guard.name, canonical_body(body))
     produce = partial(_json_answer, request, body, targets, "embeddings")

@@ -12,10 +12,11 @@ from aiohttp import web
 from backends.base import CallContext, JSONResponse
 from gateway.cache.cached import cached
 from gateway.cache.response_cache import canonical_body
+from gateway.config import config_key
 from gateway.edge.body import read_json
 from gateway.edge.principal import principal_key
 from gateway.edge.request_id import request_id_key
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import BadRequest, NotConfigured, NotFound
 from gateway.ops.request_usage import usage_key
 from gateway.resilience.guard import Guard
 from gateway.resilience.registry import backends_key
@@ -31,6 +32,9 @@ def _search_backend(request: web.Request) -> Guard[Any]:
     registry = request.app[backends_key]
     found = registry.of_kind("search")
     if not found:
+        hint = request.app[config_key].unconfigured.get("search")
+        if hint:
+            raise NotConfigured(f"no search provider is configured: {hint}")
         raise NotFound("no search backend is configured", code="backend_not_found")
     for guard in found:
         if guard.name == "tavily":

@@ -189,6 +189,38 @@ class Metrics:
             ["key_id", "model", "direction"],
             registry=r,
         )
+        self.token_details = Counter(
+            "tollway_token_details",
+            "Of the LLM tokens, those served from the provider's prompt cache (kind=cached, "
+            "of the input) and those spent reasoning (kind=reasoning, of the output).",
+            ["key_id", "model", "kind"],
+            registry=r,
+        )
+        self.audio_seconds = Counter(
+            "tollway_audio_seconds",
+            "Audio transcribed or translated, in seconds, as the provider reported them.",
+            ["model"],
+            registry=r,
+        )
+        self.audio_bytes = Counter(
+            "tollway_audio_bytes",
+            "Audio bytes uploaded to be transcribed (direction=in) or spoken back (out).",
+            ["model", "direction"],
+            registry=r,
+        )
+        self.images = Counter(
+            "tollway_images",
+            "Images generated, by model and size.",
+            ["model", "size"],
+            registry=r,
+        )
+        self.response_id_refusals = Counter(
+            "tollway_response_id_refusals",
+            "Stored response ids refused (404) because another tenant created them "
+            "(other_tenant) or Tollway never relayed them (unknown).",
+            ["reason"],
+            registry=r,
+        )
 
 
 metrics_key = web.AppKey("metrics", Metrics)

@@ -64,6 +64,8 @@ def _operation(route: RouteDef) -> dict[str, Any]:
             "required": True,
             "content": {"application/json": {"schema": spec.request_body}},
         }
+    elif spec.request_content is not None:
+        operation["requestBody"] = {"required": True, "content": dict(spec.request_content)}
     return operation
 
 

@@ -22,6 +22,16 @@ class RequestUsage:
     """The model that served the request, or the dataset read."""
     tokens_in: int = 0
     tokens_out: int = 0
+    tokens_cached: int = 0
+    """Of `tokens_in`, those the provider served from its prompt cache."""
+    tokens_reasoning: int = 0
+    """Of `tokens_out`, those spent reasoning."""
+    audio_seconds: float = 0.0
+    """Audio transcribed or translated, when the provider says how long it was."""
+    audio_bytes: int = 0
+    """Audio uploaded (when no seconds are reported) or spoken back, in bytes."""
+    images: int = 0
+    image_size: str | None = None
     rows: int = 0
     cache_hit: bool = False
     upstream_s: float = 0.0

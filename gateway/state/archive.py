@@ -41,7 +41,7 @@ __all__ = ["ArchiveError", "TABLES", "backup", "read_manifest", "restore", "veri
 
 TABLES: Final = (
     "tollway_meta", "tollway_keys", "tollway_revoked_config_keys", "tollway_usage",
-    "tollway_audit",
+    "tollway_audit", "tollway_response_owners",
 )  # fmt: skip
 SCHEMA_VERSION: Final = max(version for version, _ in MIGRATIONS)
 _MAGIC: Final = b"TOLLWAY-ENCRYPTED-1\n"

@@ -71,4 +71,28 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
             "CREATE INDEX tollway_audit_at ON tollway_audit (at)",
         ),
     ),
+    (
+        2,
+        (
+            # what the rest of the OpenAI surface uses, beside tokens in and out
+            "ALTER TABLE tollway_usage ADD COLUMN tokens_cached BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE tollway_usage ADD COLUMN tokens_reasoning BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE tollway_usage ADD COLUMN audio_seconds "
+            "DOUBLE PRECISION NOT NULL DEFAULT 0",
+            "ALTER TABLE tollway_usage ADD COLUMN audio_bytes BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE tollway_usage ADD COLUMN images BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE tollway_usage ADD COLUMN image_size TEXT",
+            # which tenant created each stored response id Tollway relayed, until it expires
+            """CREATE TABLE tollway_response_owners (
+                id TEXT PRIMARY KEY,
+                tenant TEXT NOT NULL,
+                key_id TEXT,
+                backend TEXT NOT NULL,
+                model TEXT,
+                created_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX tollway_response_owners_expires ON tollway_response_owners (expires_at)",
+        ),
+    ),
 )

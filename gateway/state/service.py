@@ -30,6 +30,11 @@ USAGE_COLUMNS = (
     "at, day, request_id, key_id, tenant, route_class, route, backend, model, status, "
     "latency_ms, tokens_in, tokens_out, rows_out, bytes_out, cache_hit"
 )
+USAGE_DETAIL_COLUMNS = (
+    "tokens_cached, tokens_reasoning, audio_seconds, audio_bytes, images, image_size"
+)
+"""Added in schema 2; a record written (or spilled) by an older Tollway lacks them."""
+_USAGE_DETAIL_DEFAULTS = (0, 0, 0.0, 0, 0, None)
 AUDIT_COLUMNS = "at, action, key_id, actor, request_id, client_ip, detail"
 _REFUSALS_PER_IP = (parse_rate("20/minute"),)
 
@@ -54,10 +59,13 @@ class StateService:
         )
 
     async def _insert_usage(self, rows: Sequence[Sequence[Any]]) -> None:
-        marks = ", ".join("?" * 16)
+        marks = ", ".join("?" * 22)
+        whole = [(*r, *_USAGE_DETAIL_DEFAULTS[len(r) - 16 :]) if len(r) < 22 else r for r in rows]
         async with self._counting_errors("write_usage"):
             await self.store.execute_many(
-                f"INSERT INTO tollway_usage ({USAGE_COLUMNS}) VALUES ({marks})", rows
+                f"INSERT INTO tollway_usage ({USAGE_COLUMNS}, {USAGE_DETAIL_COLUMNS}) "
+                f"VALUES ({marks})",
+                whole,
             )
 
     async def _insert_audit(self, rows: Sequence[Sequence[Any]]) -> None:

@@ -1,4 +1,4 @@
-"""What the HTTP adapters share: one pooled session per backend, option checks, and the
+"""What the HTTP adapters share: the pooled clients of a backend, option checks, and the
 translation of transport failures and error statuses into `gateway.errors`."""
 
 from __future__ import annotations
@@ -6,16 +6,18 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
 from backends.base import OptionError
+from backends.http_client import ConnectFailed, Disconnected, Pool
 from gateway.errors import BackendError, BackendUnavailable, UpstreamHTTPError
 
 __all__ = [
     "HTTPOptions",
+    "new_pool",
     "new_session",
     "option_number",
     "option_string",
@@ -104,6 +106,28 @@ def new_session(
     )
 
 
+def new_pool(options: HTTPOptions, *, connect_timeout_s: float) -> Pool:
+    """The lean keep-alive pool for JSON and SSE calls to the backend's API root."""
+    return Pool(
+        options.base_url,
+        max_connections=options.max_connections,
+        connect_timeout_s=connect_timeout_s,
+        headers=options.headers().items(),
+    )
+
+
+class UpstreamAnswer(Protocol):
+    """An answer's status and headers, and its body on demand: what both clients give."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    async def read(self) -> bytes: ...
+
+
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
     """The upstream's wish: ``retry-after-ms``, else ``Retry-After`` in seconds or a date."""
     millis = headers.get("retry-after-ms")
@@ -128,16 +152,16 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
 
 def transport_error(backend: str, exc: BaseException) -> BackendError:
     """A connect error, reset or broken answer: the backend is unavailable (retryable)."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, aiohttp.ClientConnectorError | ConnectFailed):
         message = f"backend {backend!r} refused or could not be reached"
-    elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+    elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | Disconnected):
         message = f"backend {backend!r} closed the connection"
     else:
         message = f"backend {backend!r} sent a broken answer"
     return BackendUnavailable(message, backend=backend, retry_after=1)
 
 
-async def raise_for_upstream(backend: str, response: aiohttp.ClientResponse) -> None:
+async def raise_for_upstream(backend: str, response: UpstreamAnswer) -> None:
     """Raise `UpstreamHTTPError` for an error status, keeping the upstream's message,
     type, code and param (OpenAI's shape, or Tavily's ``detail.error``)."""
     if response.status < 400:

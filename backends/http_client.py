@@ -9,11 +9,13 @@ httptools, which uvicorn uses too) and keeps nothing per request beyond the answ
 What it does: keep-alive with a bounded pool (callers queue for a free connection),
 TLS with SNI, Content-Length and chunked answers and answers that end at close, reading
 a streamed body chunk by chunk with backpressure (the socket pauses while the reader
-lags), a connect timeout and an idle-read timeout. A request that fails on a reused
-connection before any byte of the answer came back is sent once more on a new one: the
-server closed the idle connection as the request left, so it never saw it. What it does
-not do: redirects, cookies, proxies, compression (it asks for identity), HTTP/2, request
-bodies that are not bytes. The adapters keep aiohttp's session for calls that need those.
+lags), a connect timeout and an idle-read timeout. A connection the server closed while
+idle is dropped before reuse, and idle ones are closed after `keepalive_s` (4 s: below
+common servers' keep-alive, 5 s for uvicorn and Node). It never resends a request by
+itself: retrying is the guard's decision, with backoff and metrics. What it does not do:
+redirects, cookies, proxies, compression (it asks for identity), HTTP/2, request bodies
+that are not bytes. The adapters keep aiohttp's session for calls that need those
+(uploads relayed as they come).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class Pool:
         *,
         max_connections: int = 100,
         connect_timeout_s: float = 5.0,
-        keepalive_s: float = 15.0,
+        keepalive_s: float = 4.0,
         headers: Iterable[tuple[str, str]] = (),
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -78,24 +80,17 @@ class Pool:
         """Send one request and return once the answer's status and headers are in.
         `idle_timeout_s` bounds every silence of the upstream while the answer comes."""
         head = self._head(method, path, body, headers)
-        for attempt in (0, 1):
-            connection = await self._acquire()
-            reused = connection.answered > 0
-            answer = Answer(self, connection, idle_timeout_s)
-            connection.begin(answer)
-            try:
-                assert connection.transport is not None
-                connection.transport.write(head + body if body else head)
-                await answer.wait_for_headers()
-                return answer
-            except Disconnected:
-                self.put_back(connection, reusable=False)
-                if attempt or not reused or answer.raw_headers:
-                    raise
-            except BaseException:
-                self.put_back(connection, reusable=False)
-                raise
-        raise AssertionError("unreachable")
+        connection = await self._acquire()
+        answer = Answer(self, connection, idle_timeout_s)
+        connection.begin(answer)
+        try:
+            assert connection.transport is not None
+            connection.transport.write(head + body if body else head)
+            await answer.wait_for_headers()
+        except BaseException:
+            self.put_back(connection, reusable=False)
+            raise
+        return answer
 
     def _head(
         self, method: str, path: str, body: bytes, headers: Iterable[tuple[str, str]]

@@ -202,28 +202,47 @@ async def test_garbage_instead_of_http_is_a_disconnect() -> None:
         server.close()
 
 
-async def test_an_idle_connection_the_server_closed_is_replaced_without_failing() -> None:
-    served = 0
+async def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
+    connections = 0
 
-    async def one_per_connection(
+    async def close_after_answering(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        nonlocal served
+        nonlocal connections
+        connections += 1
         await _read_request(reader)
-        served += 1
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()
-        # Keep-alive promised, then the server closes as the next request leaves.
-        await reader.read(1)
-        writer.transport.abort()
+        writer.close()  # keep-alive was promised; the server closes while the client idles
 
-    server, port = await raw_server(one_per_connection)
+    server, port = await raw_server(close_after_answering)
     pool = Pool(f"http://127.0.0.1:{port}")
     try:
         for _ in range(3):
             async with await pool.request("POST", "/", b"{}") as answer:
                 assert await answer.read() == b"ok"
-        assert served == 3
+            await asyncio.sleep(0.05)  # the close reaches the client
+        assert connections == 3
+    finally:
+        await pool.close()
+        server.close()
+
+
+async def test_a_reset_after_the_request_is_an_error_not_a_silent_resend() -> None:
+    requests = 0
+
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        await _read_request(reader)
+        requests += 1
+        writer.transport.abort()
+
+    server, port = await raw_server(reset)
+    pool = Pool(f"http://127.0.0.1:{port}")
+    try:
+        with pytest.raises(Disconnected):
+            await pool.request("POST", "/", b"{}")
+        assert requests == 1
     finally:
         await pool.close()
         server.close()

@@ -93,7 +93,11 @@ class ODataConfig:
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
     failures: int = 5
-    reset_s: float = 60.0
+    reset_s: float = 10.0
+    """Open time after `failures` consecutive failures, before the first probe."""
+    max_reset_s: float = 20.0
+    """Cap on the open time as failed probes lengthen it: bounds how long a recovered
+    provider waits for its traffic."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +128,12 @@ class ModelConfig:
     backend: str
     upstream_model: str
     fallbacks: tuple[str, ...] = ()
+    prefill: bool = False
+    """Whether the model continues a trailing assistant message (a stream cut mid-answer
+    is then continued there rather than regenerated)."""
+    prefill_body: Mapping[str, Any] = field(default_factory=dict)
+    """Extra top-level fields a continuation request carries, e.g. vLLM's
+    ``continue_final_message: true`` and ``add_generation_prompt: false``."""
 
 
 @dataclass(frozen=True, slots=True)

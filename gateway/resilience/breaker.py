@@ -46,7 +46,7 @@ class CircuitBreaker:
     __slots__ = (
         "_clock", "_consecutive", "_failures", "_last_failure", "_max_reset_s", "_on_change",
         "_open_for", "_opened_at", "_probe_out", "_random", "_reset_s", "_state", "_step",
-        "model", "name",
+        "model", "name", "quiet",
     )  # fmt: skip
 
     def __init__(
@@ -78,6 +78,9 @@ class CircuitBreaker:
         """The open time before jitter: `reset_s`, growing with each failed probe."""
         self._probe_out = False
         self._last_failure: str | None = None
+        self.quiet = True
+        """Closed with no failure counted: a call needs neither `acquire()` nor
+        `record_success()` (the hot path reads this one attribute and moves on)."""
 
     @property
     def state(self) -> BreakerState:
@@ -124,8 +127,10 @@ class CircuitBreaker:
         if self._state is not BreakerState.CLOSED and (probe or not self._probe_out):
             self._step = self._reset_s
             self._set(BreakerState.CLOSED)
+        self.quiet = self._state is BreakerState.CLOSED
 
     def record_failure(self, probe: bool, reason: str) -> None:
+        self.quiet = False
         self._last_failure = reason
         if probe:
             self._probe_out = False
@@ -158,6 +163,7 @@ class CircuitBreaker:
         if state is self._state:
             return
         self._state = state
+        self.quiet = False  # a closed breaker is quiet again after its next success
         if state is BreakerState.CLOSED:
             self._consecutive = 0
         if self._on_change is not None:

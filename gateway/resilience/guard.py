@@ -139,16 +139,17 @@ class Guard(Generic[B]):
         breakers and the bulkhead, its outcome recorded. Raises `CircuitOpen` or
         `BackendOverloaded` without calling."""
         whole = self.breaker
-        probe = whole.acquire()
+        probe = False if whole.quiet else whole.acquire()
         own: CircuitBreaker | None = None
         own_probe = False
         if model is not None:
             own = self.breakers.models.get(model) or self.breakers.for_model(model)
-            try:
-                own_probe = own.acquire()
-            except BaseException:
-                whole.release(probe)
-                raise
+            if not own.quiet:
+                try:
+                    own_probe = own.acquire()
+                except BaseException:
+                    whole.release(probe)
+                    raise
         if self._in_flight >= self.config.max_in_flight:
             whole.release(probe)
             if own is not None:
@@ -164,8 +165,9 @@ class Guard(Generic[B]):
         try:
             yield
             status = "ok"
-            whole.record_success(probe)
-            if own is not None:
+            if not whole.quiet:
+                whole.record_success(probe)
+            if own is not None and not own.quiet:
                 own.record_success(own_probe)
         except BackendError as error:
             status = str(error.http_status)

@@ -5,16 +5,17 @@ to fail in each of the ways real providers do.
 "embeddings", "search", "extract") are answered; with the queue empty they succeed.
 Every request is recorded (path, headers, body) so tests can see what reached upstream.
 
-Chat faults by model and over time (`FakeProvider.script_model`, `outage`,
-`refuse_prefill`, `answer`) and parameterised chat modes, for the resilience tests:
-``slow-first:S`` (the first event, or a JSON answer, after S seconds), ``cut-after:N``,
-``stall-after:N``, ``clean-cut-after:N`` and ``malformed-after:N`` (one junk event after N
-tokens, the stream goes on), ``400-filter`` (a content-filter refusal), ``503-after:S``
-and ``429-after:S`` (with ``Retry-After: S``), ``408``, ``409``, ``501``, ``504``,
-``diverge`` (a different answer). A stream that uses any of
-them, or a model with its own answer, starts with a role chunk as OpenAI's do, counts
-its tokens in its usage, and continues a trailing assistant message (prefill) unless
-the model refuses it.
+Chat faults by model and over time (`FakeProvider.script_model`, `fail_times`, `outage`,
+`refuse_prefill`, `answer`) and parameterised chat modes for the resilience tests:
+``slow-first:S`` (the first event, or a JSON answer, after S seconds), ``slow-token:S``
+(the role chunk at once, the first token after S seconds); ``cut-after:N``,
+``stall-after:N``, ``clean-cut-after:N``, ``malformed-after:N`` (one junk event after N
+tokens, then the stream goes on) and ``junk-after:N`` (junk events, then silence);
+``400-filter`` (a content-filter refusal), ``400-context-groq``; ``503-after:S`` and
+``429-after:S`` (with ``Retry-After: S``); ``408``, ``409``, ``501``, ``504``; ``diverge``
+(a different answer). A stream that uses any of them, or a model with its own answer,
+starts with a role chunk as OpenAI's do, counts its tokens in its usage, and continues a
+trailing assistant message (prefill) unless the model refuses it.
 """
 
 from __future__ import annotations
@@ -420,6 +421,8 @@ class FakeProvider:
             if kind == "slow-first":
                 await asyncio.sleep(float(arg or self.first_event_delay_s))
             await response.write(_chunk(model, {"role": "assistant", "content": ""}, None))
+            if kind == "slow-token":  # the role at once, the first token late
+                await asyncio.sleep(float(arg))
             at = int(arg) if arg and kind.endswith("-after") else -1
             for index, piece in enumerate(tokens):
                 if index == at:
@@ -434,6 +437,9 @@ class FakeProvider:
                         return response
                     if kind == "malformed-after":
                         await response.write(b'data: {"id": "chatcmpl-fake", "choi\n\n')
+                    if kind == "junk-after":  # nothing but junk from here on, for a while
+                        await response.write(b"data: <html>bad gateway</html>\n\n" * 3)
+                        await asyncio.sleep(self.hang_s)
                 await response.write(_chunk(model, {"content": piece}, None))
                 if self.stream_gap_s:
                     await asyncio.sleep(self.stream_gap_s)

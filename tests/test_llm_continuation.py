@@ -67,7 +67,7 @@ async def raw_events(client: TestClient) -> list[bytes]:
     return [block[6:] for block in body.split(b"\n\n") if block.startswith(b"data: ")]
 
 
-FAILURES = ["cut-after:40", "stall-after:20", "clean-cut-after:30"]
+FAILURES = ["cut-after:40", "stall-after:20", "clean-cut-after:30", "junk-after:25"]
 FALLBACKS = ["prefill", "refuses-prefill", "regenerate"]
 
 

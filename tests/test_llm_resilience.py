@@ -251,12 +251,14 @@ async def test_5xx_after_retries_goes_to_the_fallback(
 # --- the first-token deadline ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    "stream,mode", [(False, "slow-first:6"), (True, "slow-first:6"), (True, "slow-token:6")]
+)
 async def test_a_slow_first_token_fails_over_at_the_first_token_deadline(
-    tollway: Tollway, fake: FakeProvider, stream: bool
+    tollway: Tollway, fake: FakeProvider, stream: bool, mode: str
 ) -> None:
     client = await tollway()  # first_token_timeout_s: 1
-    fake.script_model("gpt-4o-mini", "slow-first:6")
+    fake.script_model("gpt-4o-mini", mode)
     started = time.monotonic()
     text, served = await ask(client, "gpt-4o-mini", stream)
     assert served == "llama-3.1-8b-instant" and text.startswith("Hello")

@@ -187,6 +187,7 @@ async def _relay(
             if resumed is None:
                 return failure
             upstream.events, batch = resumed
+            state.malformed_run = 0  # a new upstream: its own events to judge
     except asyncio.CancelledError as exc:
         if not request.app[open_streams_key].is_shutdown(exc):
             raise

@@ -86,7 +86,6 @@ class Continuer:
         self._calls: list[_Call] = []
         self._current: _Call | None = None
         """The call relayed now, when it is a continuation."""
-        self.continued = False
 
     @property
     def target(self) -> Target:
@@ -158,7 +157,9 @@ class Continuer:
                 )
                 return None
             call = _Call(self._state.content_events if how == "prefill" else None)
-            joiner = _Joiner(self, call, have if how == "regenerate" and have else None)
+            joiner = _Joiner(
+                self, self._state, call, have if how == "regenerate" and have else None
+            )
             self._current = call
             try:
                 first_out = joiner.batch(first)
@@ -169,7 +170,6 @@ class Continuer:
                 self._current = None
                 return None
             self.index = index
-            self.continued = True
             self._request.app[metrics_key].stream_continuations.labels(self._label(), how).inc()
             _log.warning(
                 "stream continued",
@@ -217,22 +217,17 @@ class Continuer:
             "total_tokens": prompt + completion,
         }
 
-    def estimated_tokens(self) -> tuple[int, int]:
-        """Completion tokens of calls that never reported usage (for a stream given up)."""
-        return 0, sum(call.events for call in self._calls)
-
 
 class _Joiner:
     """Rewrites a continuation call's events so they carry on the client's answer."""
 
-    def __init__(self, owner: Continuer, call: _Call, skip: str | None) -> None:
+    def __init__(self, owner: Continuer, state: StreamState, call: _Call, skip: str | None) -> None:
         self._owner = owner
         self._call = call
         self._skip = skip
         """The text the new answer must begin with before anything is relayed (regenerate);
         None once joined (or for a prefill)."""
         self._at = 0
-        state = owner._state
         self._id = state.first_id
         self._created = state.created
 

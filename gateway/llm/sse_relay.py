@@ -16,7 +16,14 @@ import orjson
 
 from gateway.errors import TollwayError
 
-__all__ = ["DONE_FRAME", "MALFORMED_IN_A_ROW", "MalformedEvent", "StreamState", "error_frame"]
+__all__ = [
+    "DONE_FRAME",
+    "MALFORMED_IN_A_ROW",
+    "MalformedEvent",
+    "StreamState",
+    "carries_token",
+    "error_frame",
+]
 
 DONE_FRAME: Final = b"data: [DONE]\n\n"
 MALFORMED_IN_A_ROW: Final = 3
@@ -118,6 +125,31 @@ class StreamState:
     def tokens(self) -> tuple[int, int]:
         usage = self.usage or {}
         return _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
+
+
+def carries_token(batch: list[bytes]) -> bool:
+    """Whether these events hold more than a preamble (OpenAI's first chunk carries only
+    the role and an empty content): content, reasoning, a tool call, a finish reason, an
+    error, usage or the end. Anything unreadable counts: the relay judges it."""
+    for data in batch:
+        if data == b"[DONE]":
+            return True
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return True
+        if not isinstance(event, dict) or event.get("error") or event.get("usage"):
+            return True
+        choices = event.get("choices")
+        if not isinstance(choices, list):
+            return True
+        for choice in choices:
+            if not isinstance(choice, dict) or choice.get("finish_reason"):
+                return True
+            delta = choice.get("delta")
+            if not isinstance(delta, dict) or any(v for k, v in delta.items() if k != "role"):
+                return True
+    return False
 
 
 def error_frame(error: TollwayError, request_id: str | None) -> bytes:

@@ -29,6 +29,7 @@ from gateway.edge.principal import principal_key
 from gateway.edge.request_id import request_id_key
 from gateway.errors import BackendError, BackendUnavailable, BadRequest, UpstreamHTTPError
 from gateway.llm.model_router import Target
+from gateway.llm.sse_relay import carries_token
 from gateway.ops.metrics import metrics_key
 from gateway.resilience.retries import failure_reason
 
@@ -149,14 +150,16 @@ def upstream_stream_options(body: dict[str, Any]) -> dict[str, Any]:
 async def open_target_stream(
     target: Target, upstream_body: dict[str, Any], ctx: CallContext, deadline: float
 ) -> tuple[AsyncIterator[list[bytes]], list[bytes]]:
-    """`target`'s stream for `upstream_body` once its first events came (retried like any
-    call before that), with those events. Close the stream with `aclose()`."""
+    """`target`'s stream for `upstream_body` once its first token came (retried like any
+    call before that, failed over past `first_token_timeout_s`), with the events up to
+    it. Close the stream with `aclose()`."""
     backend = target.guard.backend
     events: AsyncIterator[list[bytes]] = target.guard.stream(
         partial(backend.chat_stream, upstream_body, ctx),
         first_item_timeout_s=backend.first_token_timeout_s,
         deadline=deadline,
         model=target.upstream_model,
+        ready=carries_token,
     )
     try:
         try:

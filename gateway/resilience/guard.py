@@ -238,14 +238,17 @@ class Guard(Generic[B]):
         deadline: float | None = None,
         retries: int | None = None,
         model: str | None = None,
+        ready: Callable[[T], bool] | None = None,
     ) -> AsyncIterator[T]:
         """The items of `open_stream()`, under the guard for the stream's whole life.
 
         Opening and the first item are retried like `call` (the first item must come
         within `first_item_timeout_s` and the deadline; past it the upstream request is
-        closed and `BackendTimeout` raised); once an item has been yielded, failures
-        propagate to the consumer, since its client has already seen bytes. The
-        bulkhead slot is held until the stream ends. Close it with `aclosing`.
+        closed and `BackendTimeout` raised); with `ready`, items are held back until one
+        satisfies it (an LLM's first token, not a preamble), within the same time. Once
+        an item has been yielded, failures propagate to the consumer, since its client
+        has already seen bytes. The bulkhead slot is held until the stream ends. Close
+        it with `aclosing`.
         """
         loop = asyncio.get_running_loop()
         deadline = deadline if deadline is not None else self.deadline()
@@ -259,17 +262,22 @@ class Guard(Generic[B]):
                     items = open_stream()
                     try:
                         first_by = min(deadline, loop.time() + first_item_timeout_s)
+                        held: list[T] = []
                         try:
                             async with asyncio.timeout_at(first_by):
-                                first = await anext(items)
+                                held.append(await anext(items))
+                                while ready is not None and not ready(held[-1]):
+                                    held.append(await anext(items))
                         except StopAsyncIteration:
-                            return
+                            if not held:
+                                return
                         except TimeoutError:
                             raise BackendTimeout(
                                 f"backend {self.name!r} sent nothing in time", backend=self.name
                             ) from None
                         yielded = True
-                        yield first
+                        for item in held:
+                            yield item
                         async for item in items:
                             yield item
                     finally:

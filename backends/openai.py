@@ -3,8 +3,9 @@
 Options (beside the common backend keys): ``base_url`` (the API root including ``/v1``,
 default OpenAI's), ``api_key``, ``headers`` (extra static headers, e.g.
 ``OpenAI-Organization``), ``max_connections`` (pool size, default 100),
-``first_token_timeout_s`` (a stream's first event, default 60) and ``idle_timeout_s``
-(the longest silence between a stream's events, and between any two reads, default 30),
+``first_token_timeout_s`` (a stream's first event, and a JSON answer's first byte,
+default 15: past it the call fails over) and ``idle_timeout_s`` (alias
+``stream_idle_timeout_s``: the longest silence between a stream's events, default 30),
 ``done_drain_s`` (how long to read on after ``[DONE]`` for the upstream to end its answer,
 so the connection can be reused, default 0.5).
 """
@@ -41,7 +42,7 @@ __all__ = ["OpenAIBackend", "create"]
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _OWN_OPTIONS = frozenset(
     {"base_url", "api_key", "headers", "max_connections", "first_token_timeout_s",
-     "idle_timeout_s", "done_drain_s"}
+     "idle_timeout_s", "stream_idle_timeout_s", "done_drain_s"}
 )  # fmt: skip
 _HEALTH_TIMEOUT_S = 3.0
 
@@ -55,8 +56,13 @@ def create(
         name,
         HTTPOptions(options, default_base_url=DEFAULT_BASE_URL),
         connect_timeout_s=connect_timeout_s,
-        first_token_timeout_s=option_number(options, "first_token_timeout_s", 60.0, minimum=0.01),
-        idle_timeout_s=option_number(options, "idle_timeout_s", 30.0, minimum=0.01),
+        first_token_timeout_s=option_number(options, "first_token_timeout_s", 15.0, minimum=0.01),
+        idle_timeout_s=option_number(
+            options,
+            "stream_idle_timeout_s",
+            option_number(options, "idle_timeout_s", 30.0, minimum=0.01),
+            minimum=0.01,
+        ),
         done_drain_s=option_number(options, "done_drain_s", 0.5, minimum=0.0),
     )
 
@@ -83,9 +89,15 @@ class OpenAIBackend:
         self._session: aiohttp.ClientSession | None = None
         self._base = options.base_url
         # A request's timeout replaces the session's whole: each keeps the connect bound.
-        self._json_timeout = aiohttp.ClientTimeout(connect=connect_timeout_s)
+        # A JSON answer's first byte (its headers: the provider answers when it is done)
+        # must come within the first-token deadline, so a stuck call fails over.
+        self._json_timeout = aiohttp.ClientTimeout(
+            connect=connect_timeout_s, sock_read=first_token_timeout_s
+        )
+        # Until a stream's first event the guard's first-token deadline rules, so the
+        # read bound starts at the larger of the two and tightens after the first read.
         self._stream_timeout = aiohttp.ClientTimeout(
-            connect=connect_timeout_s, sock_read=idle_timeout_s
+            connect=connect_timeout_s, sock_read=max(idle_timeout_s, first_token_timeout_s)
         )
 
     async def start(self) -> None:
@@ -167,8 +179,12 @@ class OpenAIBackend:
                 timeout=self._stream_timeout,
             ) as response:
                 await raise_for_upstream(self.name, response)
+                protocol = response.connection.protocol if response.connection else None
                 buffer = b""
                 async for chunk in response.content.iter_any():
+                    if protocol is not None:  # from now on, the idle timeout
+                        protocol.read_timeout = self.idle_timeout_s
+                        protocol = None
                     buffer += chunk
                     if b"\r" in buffer:
                         buffer = buffer.replace(b"\r\n", b"\n")
@@ -180,6 +196,8 @@ class OpenAIBackend:
                 last = event_data(buffer.strip(b"\n"))
                 if last is not None:
                     yield [last]
+        except aiohttp.ConnectionTimeoutError as exc:  # connecting, not a silent stream
+            raise transport_error(self.name, exc) from exc
         except TimeoutError:
             raise BackendTimeout(
                 f"backend {self.name!r} went silent for {self.idle_timeout_s:g}s",

@@ -13,7 +13,13 @@ import orjson
 
 from backends.base import OptionError
 from backends.http_client import ConnectFailed, Disconnected, Pool
-from gateway.errors import BackendError, BackendUnavailable, UpstreamHTTPError
+from gateway.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    BackendUnreachable,
+    UpstreamHTTPError,
+)
 
 __all__ = [
     "HTTPOptions",
@@ -151,10 +157,20 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
 
 
 def transport_error(backend: str, exc: BaseException) -> BackendError:
-    """A connect error, reset or broken answer: the backend is unavailable (retryable)."""
-    if isinstance(exc, aiohttp.ClientConnectorError | ConnectFailed):
-        message = f"backend {backend!r} refused or could not be reached"
-    elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | Disconnected):
+    """A connect error, reset or broken answer: the backend is unavailable (retryable).
+
+    Failing to connect at all (refused, DNS, TLS, connect timeout) is `BackendUnreachable`,
+    a failure of the whole backend; a read that timed out (``sock_read``: nothing came in
+    time) is `BackendTimeout`, which is not retried on the same backend."""
+    if isinstance(
+        exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError | ConnectFailed
+    ):
+        return BackendUnreachable(
+            f"backend {backend!r} refused or could not be reached", backend=backend, retry_after=1
+        )
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return BackendTimeout(f"backend {backend!r} sent nothing in time", backend=backend)
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | Disconnected):
         message = f"backend {backend!r} closed the connection"
     else:
         message = f"backend {backend!r} sent a broken answer"

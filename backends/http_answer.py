@@ -129,16 +129,25 @@ class Answer:
     when the body was read to its end, and closes it otherwise."""
 
     __slots__ = (
-        "_buffered", "_chunks", "_error", "_idle_timeout_s", "_keep_alive", "_loop", "_pool",
-        "_released", "_waiter", "_whole", "complete", "connection", "framed", "headers",
-        "headers_done", "last_read", "raw_headers", "status",
+        "_buffered", "_chunks", "_error", "_keep_alive", "_loop", "_pool", "_released",
+        "_waiter", "_whole", "complete", "connection", "framed", "headers", "headers_done",
+        "idle_after_first_s", "idle_timeout_s", "last_read", "raw_headers", "status",
     )  # fmt: skip
 
-    def __init__(self, pool: _Pool, connection: Connection, idle_timeout_s: float | None) -> None:
+    def __init__(
+        self,
+        pool: _Pool,
+        connection: Connection,
+        idle_timeout_s: float | None,
+        idle_after_first_s: float | None = None,
+    ) -> None:
         self._pool = pool
         self._loop = pool.loop
         self.connection = connection
-        self._idle_timeout_s = idle_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        """The longest silence of the upstream while the answer comes (None: unbounded)."""
+        self.idle_after_first_s = idle_after_first_s
+        """When set, the bound that replaces `idle_timeout_s` once the first body byte came."""
         self.status = 0
         self.raw_headers: list[tuple[str, str]] = []
         self.headers: CIMultiDictProxy[str] = _NO_HEADERS
@@ -165,6 +174,8 @@ class Answer:
         self._wake()
 
     def feed(self, body: bytes) -> None:
+        if self.idle_after_first_s is not None:
+            self.idle_timeout_s, self.idle_after_first_s = self.idle_after_first_s, None
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._whole:
@@ -191,8 +202,8 @@ class Answer:
             raise self._error
         self._waiter = waiter = self._loop.create_future()
         timer = None
-        if self._idle_timeout_s is not None:
-            timer = self._loop.call_at(self.last_read + self._idle_timeout_s, self._check_idle)
+        if self.idle_timeout_s is not None:
+            timer = self._loop.call_at(self.last_read + self.idle_timeout_s, self._check_idle)
         try:
             await waiter
         finally:
@@ -203,14 +214,14 @@ class Answer:
             raise self._error
 
     def _check_idle(self) -> None:
-        assert self._idle_timeout_s is not None
+        assert self.idle_timeout_s is not None
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        if self._loop.time() - self.last_read >= self._idle_timeout_s:
+        if self._loop.time() - self.last_read >= self.idle_timeout_s:
             waiter.set_exception(TimeoutError())
         else:
-            self._loop.call_at(self.last_read + self._idle_timeout_s, self._check_idle)
+            self._loop.call_at(self.last_read + self.idle_timeout_s, self._check_idle)
 
     async def wait_for_headers(self) -> None:
         while not self.headers_done:

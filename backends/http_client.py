@@ -76,12 +76,15 @@ class Pool:
         headers: Iterable[tuple[str, str]] = (),
         *,
         idle_timeout_s: float | None = None,
+        idle_after_first_s: float | None = None,
     ) -> Answer:
         """Send one request and return once the answer's status and headers are in.
-        `idle_timeout_s` bounds every silence of the upstream while the answer comes."""
+        `idle_timeout_s` bounds every silence of the upstream while the answer comes, and
+        `idle_after_first_s`, when given, every silence after the first byte of the body
+        (a stream's first event may take longer than the gaps between the next ones)."""
         head = self._head(method, path, body, headers)
         connection = await self._acquire()
-        answer = Answer(self, connection, idle_timeout_s)
+        answer = Answer(self, connection, idle_timeout_s, idle_after_first_s)
         connection.begin(answer)
         try:
             assert connection.transport is not None

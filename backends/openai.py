@@ -3,8 +3,9 @@
 Options (beside the common backend keys): ``base_url`` (the API root including ``/v1``,
 default OpenAI's), ``api_key``, ``headers`` (extra static headers, e.g.
 ``OpenAI-Organization``), ``max_connections`` (pool size, default 100),
-``first_token_timeout_s`` (a stream's first event, default 60) and ``idle_timeout_s``
-(the longest silence between a stream's events, and between any two reads, default 30),
+``first_token_timeout_s`` (a stream's first event, and a JSON answer's first byte,
+default 15: past it the call fails over) and ``idle_timeout_s`` (alias
+``stream_idle_timeout_s``: the longest silence between a stream's events, default 30),
 ``done_drain_s`` (how long to read on after ``[DONE]`` for the upstream to end its answer,
 so the connection can be reused, default 0.5).
 """
@@ -45,7 +46,7 @@ __all__ = ["OpenAIBackend", "create"]
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _OWN_OPTIONS = frozenset(
     {"base_url", "api_key", "headers", "max_connections", "first_token_timeout_s",
-     "idle_timeout_s", "done_drain_s"}
+     "idle_timeout_s", "stream_idle_timeout_s", "done_drain_s"}
 )  # fmt: skip
 _HEALTH_TIMEOUT_S = 3.0
 
@@ -59,8 +60,13 @@ def create(
         name,
         HTTPOptions(options, default_base_url=DEFAULT_BASE_URL),
         connect_timeout_s=connect_timeout_s,
-        first_token_timeout_s=option_number(options, "first_token_timeout_s", 60.0, minimum=0.01),
-        idle_timeout_s=option_number(options, "idle_timeout_s", 30.0, minimum=0.01),
+        first_token_timeout_s=option_number(options, "first_token_timeout_s", 15.0, minimum=0.01),
+        idle_timeout_s=option_number(
+            options,
+            "stream_idle_timeout_s",
+            option_number(options, "idle_timeout_s", 30.0, minimum=0.01),
+            minimum=0.01,
+        ),
         done_drain_s=option_number(options, "done_drain_s", 0.5, minimum=0.0),
     )
 
@@ -91,10 +97,17 @@ class OpenAIBackend:
         self._session: aiohttp.ClientSession | None = None
         self._pool: Pool | None = None
         self._base = options.base_url
-        # A request's timeout replaces the session's whole: each keeps the connect bound.
-        self._json_timeout = aiohttp.ClientTimeout(connect=connect_timeout_s)
+        # A JSON answer's first byte (its headers: the provider answers when it is done)
+        # must come within the first-token deadline, so a stuck call fails over. Until a
+        # stream's first event the guard's first-token deadline rules, so its read bound
+        # starts at the larger of the two and tightens to the idle timeout after that.
+        self._first_read_s = max(idle_timeout_s, first_token_timeout_s)
+        # Uploads relayed through aiohttp: a request's timeout replaces the session's.
+        self._json_timeout = aiohttp.ClientTimeout(
+            connect=connect_timeout_s, sock_read=first_token_timeout_s
+        )
         self._stream_timeout = aiohttp.ClientTimeout(
-            connect=connect_timeout_s, sock_read=idle_timeout_s
+            connect=connect_timeout_s, sock_read=self._first_read_s
         )
 
     async def start(self) -> None:
@@ -174,10 +187,15 @@ class OpenAIBackend:
                 _with_query(path, params),
                 orjson.dumps(body) if body is not None else b"",
                 (("X-Request-ID", ctx.request_id),),
+                idle_timeout_s=self.first_token_timeout_s,
             ) as answer:
                 await raise_for_upstream(self.name, answer)
                 raw = await answer.read()
                 return JSONResponse(answer.status, raw, passed_headers(answer.headers))
+        except TimeoutError:
+            raise BackendTimeout(
+                f"backend {self.name!r} sent nothing in time", backend=self.name
+            ) from None
         except HTTPClientError as exc:
             raise transport_error(self.name, exc) from exc
 
@@ -197,7 +215,8 @@ class OpenAIBackend:
                 _with_query(path, params),
                 orjson.dumps(body) if body is not None else b"",
                 (("X-Request-ID", ctx.request_id), ("Accept", "text/event-stream")),
-                idle_timeout_s=self.idle_timeout_s,
+                idle_timeout_s=self._first_read_s,
+                idle_after_first_s=self.idle_timeout_s,
             ) as answer:
                 await raise_for_upstream(self.name, answer)
                 async for events in sse_events(answer.chunks()):

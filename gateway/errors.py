@@ -18,7 +18,8 @@ Hierarchy::
     ├── NotConfigured                 503 service_unavailable_error (nothing here serves it)
     └── BackendError                  raised by backends and the resilience wrapper
         ├── UpstreamHTTPError         the upstream's own status, type, code and param
-        ├── BackendUnavailable        503 service_unavailable_error (connect error, reset, pool)
+        ├── BackendUnavailable        503 service_unavailable_error (reset, broken answer)
+        │   ├── BackendUnreachable    503, refused, DNS, TLS or connect timeout: the whole backend
         │   ├── CircuitOpen           503, the breaker is open; the backend was not called
         │   └── BackendOverloaded     503, the bulkhead is full; the backend was not called
         ├── OutboundLimited           429, the provider's quota would be exceeded
@@ -38,6 +39,7 @@ __all__ = [
     "BackendOverloaded",
     "BackendTimeout",
     "BackendUnavailable",
+    "BackendUnreachable",
     "BadRequest",
     "CircuitOpen",
     "Forbidden",
@@ -205,7 +207,7 @@ class UpstreamHTTPError(BackendError):
         self.upstream_type = upstream_type
         self.body = body
         self.breaker_failure = upstream_status >= 500
-        self.retryable = upstream_status in (429, 502, 503, 504)
+        self.retryable = upstream_status in (408, 409, 429) or upstream_status >= 500
 
     @property
     def http_status(self) -> int:
@@ -227,6 +229,11 @@ class BackendUnavailable(BackendError):
     error_type = "service_unavailable_error"
     default_code = "backend_unavailable"
     retryable = True
+
+
+class BackendUnreachable(BackendUnavailable):
+    """No connection could be made (refused, DNS, TLS, connect timeout): a failure of the
+    backend as a whole, whatever model or call it was for."""
 
 
 class CircuitOpen(BackendUnavailable):

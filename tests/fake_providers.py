@@ -4,6 +4,18 @@ to fail in each of the ways real providers do.
 `FakeProvider.script(kind, *modes)` queues how the next requests of `kind` ("chat",
 "embeddings", "search", "extract") are answered; with the queue empty they succeed.
 Every request is recorded (path, headers, body) so tests can see what reached upstream.
+
+Chat faults by model and over time (`FakeProvider.script_model`, `fail_times`, `outage`,
+`refuse_prefill`, `answer`) and parameterised chat modes for the resilience tests:
+``slow-first:S`` (the first event, or a JSON answer, after S seconds), ``slow-token:S``
+(the role chunk at once, the first token after S seconds); ``cut-after:N``,
+``stall-after:N``, ``clean-cut-after:N``, ``malformed-after:N`` (one junk event after N
+tokens, then the stream goes on) and ``junk-after:N`` (junk events, then silence);
+``400-filter`` (a content-filter refusal), ``400-context-groq``; ``503-after:S`` and
+``429-after:S`` (with ``Retry-After: S``); ``408``, ``409``, ``501``, ``504``; ``diverge``
+(a different answer). A stream that uses any of them, or a model with its own answer,
+starts with a role chunk as OpenAI's do, counts its tokens in its usage, and continues a
+trailing assistant message (prefill) unless the model refuses it.
 """
 
 from __future__ import annotations
@@ -40,6 +52,10 @@ class FakeProvider(SurfaceEndpoints):
         self.first_event_delay_s = 2.0
         self.hang_s = 30.0
         self.slow_s = 0.3
+        self._model_scripts: dict[str, deque[str]] = defaultdict(deque)
+        self._outages: list[tuple[str, float, float, str]] = []
+        self._answers: dict[str, list[str]] = {}
+        self._prefill_refused: set[str] = set()
 
     def script(self, kind: str, *modes: str) -> None:
         self._scripts[kind].extend(modes)
@@ -103,16 +119,23 @@ class FakeProvider(SurfaceEndpoints):
             await asyncio.sleep(self.hang_s)
         if mode == "slow":
             await asyncio.sleep(self.slow_s)  # then answer normally
-        return None
+        return await self._more_failures(request, mode)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
         if request.headers.get("Authorization") != f"Bearer {UPSTREAM_KEY}":
             return _error(401, "bad upstream key", "invalid_request_error", "invalid_api_key")
-        mode = self._next("chat")
+        mode = self._chat_mode(body)
         failed = await self._common_failure(request, mode)
         if failed is not None:
             return failed
+        refused = self._prefill_refusal(body)
+        if refused is not None:
+            return refused
+        if mode.startswith("slow-first:") and not body.get("stream"):
+            await asyncio.sleep(float(mode.partition(":")[2]))  # a JSON answer's first byte
+        if body.get("stream") and self._answers_by_tokens(body, mode):
+            return await self._stream_tokens(request, body, mode)
         if body.get("stream"):
             return await self._stream(request, body, mode)
         return web.json_response(
@@ -124,7 +147,7 @@ class FakeProvider(SurfaceEndpoints):
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": "Hello from the fake"},
+                        "message": {"role": "assistant", "content": self._json_text(body, mode)},
                         "finish_reason": "stop",
                     }
                 ],
@@ -261,6 +284,190 @@ class FakeProvider(SurfaceEndpoints):
                 "response_time": 0.01,
             }  # fmt: skip
         )
+
+    # --- faults by model, over time, and by token ---------------------------------
+
+    def script_model(self, model: str, *modes: str) -> None:
+        """Queue how the next chat requests for `model` are answered (before `script`'s)."""
+        self._model_scripts[model].extend(modes)
+
+    def fail_times(self, n: int, mode: str = "500", *, model: str | None = None) -> None:
+        """The next `n` chat requests (for `model`, if given) fail with `mode`, then succeed."""
+        if model is None:
+            self.script("chat", *[mode] * n)
+        else:
+            self.script_model(model, *[mode] * n)
+
+    def outage(self, model: str, seconds: float, mode: str = "503", start_in: float = 0.0) -> None:
+        """Chat requests for `model` fail with `mode` for `seconds`, from `start_in` on."""
+        start = time.monotonic() + start_in
+        self._outages.append((model, start, start + seconds, mode))
+
+    def answer(self, model: str, tokens: list[str]) -> None:
+        """`model` answers with these tokens (streamed one event each)."""
+        self._answers[model] = list(tokens)
+
+    def refuse_prefill(self, model: str) -> None:
+        """`model` answers 400 to a conversation that ends with an assistant message."""
+        self._prefill_refused.add(model)
+
+    def forget_scripts(self) -> None:
+        """Drop every queued mode (by kind and by model) and every outage."""
+        self._scripts.clear()
+        self._model_scripts.clear()
+        self._outages.clear()
+
+    def hits_for(self, model: str) -> int:
+        return sum(
+            1
+            for s in self.seen
+            if s.path.endswith("/chat/completions") and (s.body or {}).get("model") == model
+        )
+
+    def tokens_of(self, model: str) -> list[str]:
+        return self._answers.get(model, ["Hel", "lo", " there"])
+
+    def _chat_mode(self, body: Any) -> str:
+        model = body.get("model") if isinstance(body, dict) else None
+        now = time.monotonic()
+        for name, start, end, mode in self._outages:
+            if name == model and start <= now < end:
+                return mode
+        queue = self._model_scripts.get(model) if isinstance(model, str) else None
+        if queue:
+            return queue.popleft()
+        return self._next("chat")
+
+    async def _more_failures(self, request: web.Request, mode: str) -> web.Response | None:
+        kind, _, arg = mode.partition(":")
+        if kind == "400-filter":
+            return _error(
+                400,
+                "The response was filtered due to the prompt triggering the content policy.",
+                "invalid_request_error",
+                "content_filter",
+                param="prompt",
+            )
+        if kind == "400-context-groq":
+            return _error(
+                400, "Please reduce the length of the messages or completion.",
+                "invalid_request_error", "context_length_exceeded", param="messages",
+            )  # fmt: skip
+        if kind in ("503-after", "429-after"):
+            return _error(
+                int(kind[:3]), "overloaded", "server_error", None,
+                headers={"Retry-After": arg or "1"},
+            )  # fmt: skip
+        if kind in ("408", "409", "501", "504"):
+            return _error(int(kind), f"upstream said {kind}", "server_error", None)
+        return None
+
+    def _prefill_refusal(self, body: Any) -> web.Response | None:
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if (
+            isinstance(messages, list)
+            and messages
+            and isinstance(messages[-1], dict)
+            and messages[-1].get("role") == "assistant"
+            and body.get("model") in self._prefill_refused
+        ):
+            return _error(
+                400,
+                "The last message must be a user or tool message.",
+                "invalid_request_error",
+                "invalid_request",
+                param="messages",
+            )
+        return None
+
+    def _answers_by_tokens(self, body: Any, mode: str) -> bool:
+        messages = body.get("messages") or []
+        prefill = bool(messages) and isinstance(messages[-1], dict)
+        prefill = prefill and messages[-1].get("role") == "assistant"
+        return ":" in mode or mode == "diverge" or body.get("model") in self._answers or prefill
+
+    def _json_text(self, body: Any, mode: str) -> str:
+        model = body.get("model")
+        if mode == "diverge":
+            return "Something else entirely"
+        if model in self._answers:
+            return "".join(self._answers[model])
+        return "Hello from the fake"
+
+    def _tokens_for(self, body: Any, mode: str) -> tuple[list[str], int]:
+        """The tokens to stream for `body`, and how many prefill tokens it carried."""
+        tokens = self.tokens_of(body["model"])
+        if mode == "diverge":
+            tokens = ["Some", "thing", " else"]
+        messages = body.get("messages") or []
+        last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+        if last.get("role") != "assistant" or not isinstance(last.get("content"), str):
+            return tokens, 0
+        prefix = last["content"]
+        full = "".join(tokens)
+        if not full.startswith(prefix):
+            return tokens, 0
+        at = 0
+        for index, token in enumerate(tokens):
+            if at + len(token) > len(prefix):
+                return [token[len(prefix) - at :], *tokens[index + 1 :]], index
+            at += len(token)
+        return [], len(tokens)
+
+    async def _stream_tokens(self, request: web.Request, body: Any, mode: str) -> web.Response:
+        kind, _, arg = mode.partition(":")
+        tokens, prefilled = self._tokens_for(body, mode)
+        model = body["model"]
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            if kind == "slow-first":
+                await asyncio.sleep(float(arg or self.first_event_delay_s))
+            await response.write(_chunk(model, {"role": "assistant", "content": ""}, None))
+            if kind == "slow-token":  # the role at once, the first token late
+                await asyncio.sleep(float(arg))
+            at = int(arg) if arg and kind.endswith("-after") else -1
+            for index, piece in enumerate(tokens):
+                if index == at:
+                    if kind == "cut-after":
+                        assert request.transport is not None
+                        request.transport.abort()
+                        return response
+                    if kind == "stall-after":
+                        await asyncio.sleep(self.hang_s)
+                    if kind == "clean-cut-after":
+                        await response.write_eof()
+                        return response
+                    if kind == "malformed-after":
+                        await response.write(b'data: {"id": "chatcmpl-fake", "choi\n\n')
+                    if kind == "junk-after":  # nothing but junk from here on, for a while
+                        await response.write(b"data: <html>bad gateway</html>\n\n" * 3)
+                        await asyncio.sleep(self.hang_s)
+                await response.write(_chunk(model, {"content": piece}, None))
+                if self.stream_gap_s:
+                    await asyncio.sleep(self.stream_gap_s)
+            await response.write(_chunk(model, {}, "stop"))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {
+                    "prompt_tokens": 4 + prefilled,
+                    "completion_tokens": len(tokens),
+                    "total_tokens": 4 + prefilled + len(tokens),
+                }
+                event = {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion.chunk",
+                    "created": 1700000000,
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                }
+                await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.disconnected.set()
+            raise
+        return response
 
 
 def _chunk(model: str, delta: dict[str, Any], finish: str | None) -> bytes:

@@ -377,3 +377,27 @@ def _self_signed(folder: Path) -> tuple[str, str]:
         )
     )
     return str(cert_path), str(key_path)
+
+
+async def test_the_first_byte_may_take_longer_than_the_gaps_after_it(serve: Any) -> None:
+    async def slow_start(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await asyncio.sleep(0.3)  # longer than the later gaps may be
+        await response.write(b"first")
+        await asyncio.sleep(0.3)
+        await response.write(b"late")
+        return response
+
+    server = await serve(slow_start)
+    pool = Pool(str(server.make_url("")))
+    try:
+        async with await pool.request(
+            "GET", "/", idle_timeout_s=0.5, idle_after_first_s=0.15
+        ) as answer:
+            chunks = answer.chunks()
+            assert await anext(chunks) == b"first"
+            with pytest.raises(TimeoutError):
+                await anext(chunks)
+    finally:
+        await pool.close()

@@ -13,7 +13,7 @@ from gateway.config.keyhash import hash_key
 from tests.conftest import USER_KEY, base_config_data
 from tests.fake_openai_surface import RESPONSE_DELTAS, RESPONSE_TEXT
 from tests.fake_providers import FakeProvider
-from tests.llm_support import Tollway, sdk
+from tests.llm_support import Tollway, metrics_text, sdk
 from tests.llm_support import tollway as tollway  # noqa: F401 - a fixture
 from tests.surface_support import usage_row
 
@@ -180,11 +180,31 @@ async def test_a_responses_stream_ended_by_shutdown_gets_the_error_event(
     assert (await usage_row(client, "resp-shutdown"))["status"] == 503
 
 
+async def test_a_streamed_response_falls_back_when_its_primary_fails(
+    tollway: Tollway, fake: FakeProvider
+) -> None:
+    client = await tollway({"backends": {"groq": {"apis": ["chat", "responses"]}}})
+    fake.script("responses", "500", "500", "500")  # the primary fails, retries included
+    stream = await sdk(client).responses.create(model="gpt-4o-mini", input="x", stream=True)
+    text = ""
+    async for event in stream:
+        if event.type == "response.output_text.delta":
+            text += event.delta
+    assert text
+    assert any(s.path == "/openai/v1/responses" for s in fake.seen)
+    fallbacks = [
+        line for line in (await metrics_text(client)).splitlines()
+        if line.startswith("tollway_fallbacks_total{")
+    ]  # fmt: skip
+    assert len(fallbacks) == 1 and 'fallback="llama-3.1-8b-instant"' in fallbacks[0]
+    assert fallbacks[0].endswith(" 1.0")
+
+
 async def test_responses_fall_back_only_to_backends_serving_the_responses_api(
     tollway: Tollway, fake: FakeProvider
 ) -> None:
     client = await tollway({"backends": {"groq": {"apis": ["chat"]}}})
-    fake.script("responses", "500")
+    fake.script("responses", "500", "500", "500")  # the primary fails, retries included
     response = await client.post(
         "/v1/responses", json={"model": "gpt-4o-mini", "input": "x"}, headers=AUTH
     )
@@ -192,7 +212,7 @@ async def test_responses_fall_back_only_to_backends_serving_the_responses_api(
     assert not any(s.path.startswith("/openai/v1/responses") for s in fake.seen)
 
     served = await tollway({"backends": {"groq": {"apis": ["chat", "responses"]}}})
-    fake.script("responses", "500")
+    fake.script("responses", "500", "500", "500")
     response = await served.post(
         "/v1/responses", json={"model": "gpt-4o-mini", "input": "x"}, headers=AUTH
     )
@@ -263,8 +283,8 @@ async def test_failing_responses_open_the_breaker_which_then_answers_without_cal
     client = await tollway()
     fake.script("responses", "500", "500", "500")
     body = {"model": "solo", "input": "x"}
-    for _ in range(3):
-        assert (await client.post("/v1/responses", json=body, headers=AUTH)).status == 500
+    # one request: its first try and two retries fail, the third failure opens the breaker
+    assert (await client.post("/v1/responses", json=body, headers=AUTH)).status == 500
     refused = await client.post("/v1/responses", json=body, headers=AUTH)
     assert refused.status == 503
     assert (await refused.json())["error"]["code"] == "circuit_open"

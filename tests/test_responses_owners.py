@@ -120,7 +120,7 @@ async def test_a_continued_response_goes_only_to_the_backend_that_holds_it(
 ) -> None:
     client = await tollway({"backends": {"groq": {"apis": ["chat", "responses"]}}})
     response_id = await _created(client)  # made on "openai"
-    fake.script("responses", "500")
+    fake.script("responses", "500", "500", "500")  # the primary fails, retries included
     answer = await client.post(
         "/v1/responses",
         json={"model": "gpt-4o-mini", "input": "x", "previous_response_id": response_id},

@@ -102,7 +102,11 @@ class ODataConfig:
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
     failures: int = 5
-    reset_s: float = 60.0
+    reset_s: float = 10.0
+    """Open time after `failures` consecutive failures, before the first probe."""
+    max_reset_s: float = 20.0
+    """Cap on the open time as failed probes lengthen it: bounds how long a recovered
+    provider waits for its traffic."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +141,12 @@ class ModelConfig:
     fallbacks: tuple[str, ...] = ()
     apis: frozenset[str] | None = None
     """The APIs this model serves, among its backend's; None: all of its backend's."""
+    prefill: bool = False
+    """Whether the model continues a trailing assistant message (a stream cut mid-answer
+    is then continued there rather than regenerated)."""
+    prefill_body: Mapping[str, Any] = field(default_factory=dict)
+    """Extra top-level fields a continuation request carries, e.g. vLLM's
+    ``continue_final_message: true`` and ``add_generation_prompt: false``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -180,9 +180,13 @@ def _provider_apis(kind: str, options: Mapping[str, object]) -> frozenset[str]:
     return _PROVIDER_APIS.get(host.split(":")[0], frozenset(APIS)) if host else frozenset(APIS)
 
 
+_BREAKER_DEFAULTS: Final = BreakerConfig()
+
+
 def backend_config(name: str, s: Section) -> BackendConfig:
     kind = s.choice("type", BACKEND_TYPES)
     breaker = s.section("breaker")
+    reset_s = breaker.number("reset_s", _BREAKER_DEFAULTS.reset_s)
     outbound = s.string("outbound_limit", None)
     options = MappingProxyType({k: s.raw(k) for k in s.keys() if k not in _BACKEND_COMMON})
     if s.has("apis") and kind != "openai":
@@ -195,7 +199,9 @@ def backend_config(name: str, s: Section) -> BackendConfig:
         retries=s.number("retries", 2, integer=True),
         breaker=BreakerConfig(
             failures=breaker.number("failures", 5, integer=True, minimum=1),
-            reset_s=breaker.number("reset_s", 60.0),
+            reset_s=reset_s,
+            # unset: the default cap, or no growth for a longer reset_s
+            max_reset_s=breaker.number("max_reset_s", max(reset_s, _BREAKER_DEFAULTS.max_reset_s)),
         ),
         outbound_limit=(
             parse_rates((outbound,), s.key_path("outbound_limit"))[0] if outbound else None
@@ -208,18 +214,26 @@ def backend_config(name: str, s: Section) -> BackendConfig:
         apis=_apis(s, "apis", _provider_apis(kind, options)) or frozenset(),
         options=options,
     )
+    if config.breaker.max_reset_s < config.breaker.reset_s:
+        raise ConfigError(breaker.key_path("max_reset_s"), "must be at least reset_s")
     breaker.reject_unknown()
     return config
 
 
 def model_config(name: str, s: Section) -> ModelConfig:
+    extra = s.section("prefill_body")
     config = ModelConfig(
         name=name,
         backend=s.string("backend"),
         upstream_model=s.string("model", name),
         fallbacks=s.strings("fallbacks", ()),
         apis=_apis(s, "apis", None),
+        prefill=s.boolean("prefill", False),
+        prefill_body=MappingProxyType({k: extra.raw(k) for k in extra.keys()}),
     )
+    for key in ("model", "messages", "stream", "stream_options"):
+        if key in config.prefill_body:
+            raise ConfigError(extra.key_path(key), "set by Tollway, not by the config")
     s.reject_unknown()
     return config
 

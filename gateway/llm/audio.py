@@ -143,6 +143,7 @@ async def _send(
                 content_type=request.headers["Content-Type"], idle_timeout=False,
             ),
             first_item_timeout_s=target.guard.config.timeout_s,
+            model=target.upstream_model,
             retries=0,
         )  # fmt: skip
         try:
@@ -213,6 +214,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
                 content_type="application/json", accept=accept,
             ),
             first_item_timeout_s=backend.first_token_timeout_s,
+            model=target.upstream_model,
         )  # fmt: skip
 
     started = time.perf_counter()

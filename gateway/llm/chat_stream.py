@@ -1,6 +1,12 @@
-"""A chat stream relayed to the client event by event, never ending in a lie: a cut,
-stall or malformed event becomes an in-band error event; a complete answer may be stored
-in the response cache and replayed."""
+"""A chat stream relayed to the client event by event, never ending in a lie.
+
+Before the first byte, failures go to the retries and fallbacks of
+`gateway.llm.targets`. After it, a cut, a stall or a run of malformed events is
+continued on another call (`gateway.llm.continuation`) so the client still gets one
+whole answer; when that cannot work the stream ends with an in-band error event, never
+a silent end. An isolated malformed event is dropped and counted. A complete answer may
+be stored in the response cache and replayed.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +22,15 @@ from aiohttp import web
 from gateway.cache.response_cache import CacheEntry, response_cache_key
 from gateway.edge.request_id import request_id_key
 from gateway.errors import BackendError, BackendUnavailable, ShuttingDown, TollwayError
+from gateway.llm.continuation import Continuer
 from gateway.llm.model_router import Target
-from gateway.llm.sse_relay import DONE_FRAME, MalformedEvent, StreamState, error_frame
-from gateway.llm.targets import open_stream
+from gateway.llm.sse_relay import (
+    DONE_FRAME,
+    MALFORMED_IN_A_ROW,
+    StreamState,
+    error_frame,
+)
+from gateway.llm.targets import call_context, request_deadline, start_stream
 from gateway.llm.usage import record_usage
 from gateway.ops.metrics import metrics_key
 from gateway.ops.request_usage import usage_key
@@ -33,6 +45,18 @@ _DRAIN_AFTER_DONE_S = 0.5
 backend without its own ``done_drain_s``."""
 
 
+class _Upstream:
+    """The upstream call being relayed: a continuation replaces it."""
+
+    __slots__ = ("events",)
+
+    def __init__(self, events: AsyncIterator[list[bytes]]) -> None:
+        self.events = events
+
+    async def aclose(self) -> None:
+        await self.events.aclose()  # type: ignore[attr-defined]
+
+
 async def stream_chat(
     request: web.Request, body: dict[str, Any], targets: list[Target], cache_as: str | None
 ) -> web.StreamResponse:
@@ -41,9 +65,12 @@ async def stream_chat(
     started = time.perf_counter()
     options = body.get("stream_options")
     client_asked_usage = isinstance(options, dict) and options.get("include_usage") is True
-    events, first, target = await open_stream(request, body, targets)
+    deadline = request_deadline(targets)
+    events, first, index = await start_stream(request, body, targets, deadline)
     usage = request[usage_key]
-    async with aclosing(events):  # type: ignore[type-var]
+    upstream = _Upstream(events)
+    async with aclosing(upstream):
+        target = targets[index]
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -56,25 +83,30 @@ async def stream_chat(
         if cache_as is not None:
             response.headers["X-Cache"] = "MISS"
         await response.prepare(request)
-        request.app[metrics_key].time_to_first_token.labels(target.guard.name).observe(
-            time.perf_counter() - started
-        )
+        metrics = request.app[metrics_key]
+        metrics.time_to_first_token.labels(target.guard.name).observe(time.perf_counter() - started)
         state = StreamState(strip_usage=not client_asked_usage)
+        resumer = Continuer(request, body, targets, index, state, call_context(request), deadline)
         sent: list[bytes] | None = [] if cache_as is not None else None
         with request.app[open_streams_key].track():
-            failure = await _relay(request, response, events, first, state, sent)
+            failure = await _relay(request, response, upstream, first, state, sent, resumer)
             if failure is not None:
                 _log.warning(
-                    "stream failed", extra={"backend": target.guard.name, "error": failure.code}
+                    "stream failed",
+                    extra={"backend": resumer.target.guard.name, "error": failure.code},
                 )
                 await _write(response, error_frame(failure, request.get(request_id_key)))
             client_gone = not await _end(response) or state.client_gone
+        target = resumer.target
+        if state.malformed:
+            metrics.malformed_events.labels(target.guard.name).inc(state.malformed)
         # Recorded before the drain: a client that hangs up after [DONE] cancels the
         # handler there, and must not turn a completed stream into a failed one.
         usage.outcome, usage.status = _outcome(state, failure, client_gone)
         record_usage(request, target, time.perf_counter() - started, *state.tokens())
         if state.done:
-            await _drain(events, getattr(target.guard.backend, "done_drain_s", _DRAIN_AFTER_DONE_S))
+            drain_s = getattr(target.guard.backend, "done_drain_s", _DRAIN_AFTER_DONE_S)
+            await _drain(upstream.events, drain_s)
     if cache_as is not None and sent is not None and failure is None:
         if state.finished and state.done:
             entry = CacheEntry(200, "text/event-stream", b"".join(sent), time.time())
@@ -98,18 +130,19 @@ def _outcome(
 async def _relay(
     request: web.Request,
     response: web.StreamResponse,
-    events: AsyncIterator[list[bytes]],
+    upstream: _Upstream,
     first: list[bytes],
     state: StreamState,
     sent: list[bytes] | None,
+    resumer: Continuer,
 ) -> TollwayError | None:
     """Send events until ``[DONE]`` or the end; the failure to report in-band, if any.
     The events of one upstream read go out in one write; with `sent`, every frame sent
-    is kept there too."""
+    is kept there too. A failure mid-answer is continued on another call when it can be."""
     batch = first
-    frames: list[bytes] = []
     try:
         while True:
+            frames: list[bytes] = []
             for data in batch:
                 frame = state.frame(data)
                 if frame is not None:
@@ -123,31 +156,46 @@ async def _relay(
                     return None
                 if sent is not None:
                     sent.extend(frames)
-            frames = []
             if state.done or state.failed:
-                break
-            batch = await anext(events)
-    except StopAsyncIteration:
-        if not state.finished:
-            return BackendUnavailable(
-                "the upstream ended the stream before the answer was complete"
-            )
-        await _write(response, DONE_FRAME)  # complete, but the upstream forgot [DONE]
-        if sent is not None:
-            sent.append(DONE_FRAME)
-        state.done = True
-        return None
-    except MalformedEvent as exc:
-        if frames:
-            await _write(response, b"".join(frames))  # the good events before the bad one
-        return BackendError(str(exc), code="malformed_event")
-    except BackendError as error:
-        return error
+                return None
+            failure: BackendError
+            if state.malformed_run >= MALFORMED_IN_A_ROW:
+                failure = BackendError(
+                    "the upstream sent events that are not JSON", code="malformed_event"
+                )
+                _count_on_breaker(resumer.target, "malformed_event")
+            else:
+                try:
+                    batch = await anext(upstream.events)
+                    continue
+                except StopAsyncIteration:
+                    failure = BackendUnavailable(
+                        "the upstream ended the stream before the answer was complete"
+                    )
+                    if not state.finished:
+                        _count_on_breaker(resumer.target, "cut")
+                except BackendError as error:
+                    failure = error
+            if state.finished:  # the answer is whole; only its end was lost
+                await _write(response, DONE_FRAME)
+                if sent is not None:
+                    sent.append(DONE_FRAME)
+                state.done = True
+                return None
+            await upstream.aclose()
+            resumed = await resumer.resume(failure)
+            if resumed is None:
+                return failure
+            upstream.events, batch = resumed
+            state.malformed_run = 0  # a new upstream: its own events to judge
     except asyncio.CancelledError as exc:
         if not request.app[open_streams_key].is_shutdown(exc):
             raise
         return ShuttingDown("the server is shutting down; the answer was cut here")
-    return None
+
+
+def _count_on_breaker(target: Target, reason: str) -> None:
+    target.guard.record_stream_failure(target.upstream_model, reason)
 
 
 async def _drain(events: AsyncIterator[list[bytes]], limit_s: float) -> None:

@@ -22,7 +22,7 @@ from gateway.edge.request_id import request_id_key
 from gateway.errors import BackendError, BackendUnavailable, ShuttingDown, TollwayError
 from gateway.llm.api_usage import TokenUsage
 from gateway.llm.model_router import Target
-from gateway.llm.targets import falls_over
+from gateway.llm.targets import fallback_reason, note_fallback, request_deadline
 from gateway.ops.metrics import metrics_key
 from gateway.ops.request_usage import usage_key
 from gateway.ops.streams import open_streams_key
@@ -70,7 +70,8 @@ async def open_events(
     """The first target's stream (`opener` opens one, under its guard) that produced its
     first item, with that item; failures another backend may not share fall over to the
     next target."""
-    metrics = request.app[metrics_key]
+    overall = request_deadline(targets)
+    loop = asyncio.get_running_loop()
     for index, target in enumerate(targets):
         events = opener(target)
         try:
@@ -83,12 +84,10 @@ async def open_events(
                 ) from None
         except BackendError as error:
             await events.aclose()  # type: ignore[attr-defined]
-            if index + 1 == len(targets) or not falls_over(error):
+            reason = fallback_reason(error)
+            if index + 1 == len(targets) or reason is None or loop.time() >= overall:
                 raise
-            metrics.fallbacks.labels(targets[0].name, targets[index + 1].name).inc()
-            _log.warning(
-                "falling back", extra={"model": target.name, "fallback": targets[index + 1].name}
-            )
+            note_fallback(request, targets, index, error, reason)
             continue
         except BaseException:
             await events.aclose()  # type: ignore[attr-defined]

@@ -12,7 +12,8 @@ never an upstream 404, and a fallback that does not is skipped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import Config
@@ -30,6 +31,10 @@ class Target:
     """The model's name as Tollway knows it (a `models` entry or ``backend/model``)."""
     upstream_model: str
     guard: Guard[Any]
+    prefill: bool = False
+    """Whether the model continues a trailing assistant message (`models.<m>.prefill`)."""
+    prefill_body: Mapping[str, Any] = field(default_factory=dict)
+    """Extra fields for a continuation request (`models.<m>.prefill_body`)."""
 
 
 class ModelRouter:
@@ -113,7 +118,13 @@ class ModelRouter:
     def _target(self, model: str) -> Target:
         entry = self._config.models.get(model)
         if entry is not None and self._is_kind(entry.backend):
-            return Target(model, entry.upstream_model, self._registry.get(entry.backend))
+            return Target(
+                model,
+                entry.upstream_model,
+                self._registry.get(entry.backend),
+                entry.prefill,
+                entry.prefill_body,
+            )
         backend, sep, upstream = model.partition("/")
         if sep and upstream and backend in self._config.backends and self._is_kind(backend):
             return Target(model, upstream, self._registry.get(backend))

@@ -109,6 +109,7 @@ async def _stream_completions(
         return target.guard.stream(
             partial(backend.event_stream, "/completions", upstream, ctx),
             first_item_timeout_s=backend.first_token_timeout_s,
+            model=target.upstream_model,
         )
 
     events, first, target = await open_events(request, targets, opener)
@@ -194,6 +195,7 @@ async def generate_images(request: web.Request) -> web.StreamResponse:
                 content_type="application/json", idle_timeout=False,
             ),
             first_item_timeout_s=target.guard.config.timeout_s,
+            model=target.upstream_model,
         )  # fmt: skip
 
     started = time.perf_counter()

@@ -181,6 +181,7 @@ async def _stream(
         return target.guard.stream(
             partial(backend.event_stream, "/responses", upstream, ctx),
             first_item_timeout_s=backend.first_token_timeout_s,
+            model=target.upstream_model,
         )
 
     events, first, target = await open_events(request, targets, opener)
@@ -245,7 +246,7 @@ async def _stored_call(
 ) -> web.Response:
     ctx = call_context(request)
     call = partial(target.guard.backend.call_json, method, path, ctx, params=params)
-    answer = await target.guard.call(call)
+    answer = await target.guard.call(call, model=target.upstream_model)
     return json_answer(answer, target)
 
 
@@ -264,6 +265,7 @@ async def retrieve_response(request: web.Request) -> web.StreamResponse:
         lambda t: t.guard.stream(
             partial(backend.event_stream, path, None, ctx, method="GET", params=params),
             first_item_timeout_s=backend.first_token_timeout_s,
+            model=target.upstream_model,
         ),
     )
     return await _relay(request, events, first, target, ResponsesState(), started)

@@ -73,24 +73,43 @@ class Metrics:
         )
         self.breaker_state = Gauge(
             "tollway_breaker_state",
-            "Circuit breaker state per backend: 0 closed, 1 open, 2 half-open.",
-            ["backend"],
+            "Circuit breaker state per backend (model empty) and per (backend, model) for"
+            " LLM backends: 0 closed, 1 open, 2 half-open.",
+            ["backend", "model"],
             registry=r,
             multiprocess_mode="max",
         )
         self.breaker_transitions = Counter(
             "tollway_breaker_transitions",
-            "Circuit breaker state changes, by backend and new state.",
-            ["backend", "state"],
+            "Circuit breaker state changes, by backend, model (empty: the whole backend;"
+            " other: a model the config does not name) and new state.",
+            ["backend", "model", "state"],
             registry=r,
         )
         self.retries = Counter(
-            "tollway_upstream_retries", "Retries of a backend call.", ["backend"], registry=r
+            "tollway_upstream_retries",
+            "Retries of a backend call, by reason (connect, reset, 408, 409, 429, 5xx).",
+            ["backend", "reason"],
+            registry=r,
         )
         self.fallbacks = Counter(
             "tollway_fallbacks",
-            "Requests served by a fallback model, by the model asked for and the one used.",
-            ["model", "fallback"],
+            "Requests passed to a fallback model, by the model asked for, the one tried next"
+            " and why (5xx, 429, timeout, breaker_open, connect, context_length, ...).",
+            ["model", "fallback", "reason"],
+            registry=r,
+        )
+        self.stream_continuations = Counter(
+            "tollway_stream_continuations",
+            "Streams that failed mid-answer, by the model asked for and how they ended:"
+            " prefill or regenerate (finished on another call), gave_up (in-band error).",
+            ["model", "how"],
+            registry=r,
+        )
+        self.malformed_events = Counter(
+            "tollway_stream_malformed_events",
+            "Stream events that were not JSON, dropped, by backend.",
+            ["backend"],
             registry=r,
         )
         self.outbound_wait = Histogram(

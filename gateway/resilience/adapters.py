@@ -73,6 +73,11 @@ async def backends_context(app: web.Application) -> AsyncIterator[None]:
                 app[metrics_key],
                 outbound=shared,
                 required=backend_config.required,
+                models=[
+                    m.upstream_model
+                    for m in config.models.values()
+                    if m.backend == backend_config.name
+                ],
             )
             registry.add(guard)
             app[health_sources_key].append(guard)

@@ -2,18 +2,25 @@
 
 Per backend: a circuit breaker, a bulkhead (cap on in-flight calls), an overall deadline
 that includes retries, an outbound rate limit that waits a bounded time for the
-provider's quota, and retries with exponential backoff and full jitter — only for errors
-a retry can help (`BackendError.retryable`: connect errors, resets, 429, 502/503/504),
-honouring the upstream's Retry-After when it fits inside the deadline. A timed-out
-upstream is never retried on the same backend: the caller falls over instead.
+provider's quota, and retries with jittered exponential backoff — only for failures a
+retry can help (`gateway.resilience.retries`: connect errors, resets, 408, 409, 429 and
+every 5xx), honouring the upstream's Retry-After when it fits inside the deadline. A
+timed-out upstream is never retried on the same backend: the caller falls over instead.
+
+A call made for a model (LLM backends) also passes that model's own breaker: what a model
+does (5xx, timeouts, resets) opens only its breaker, so one overloaded model never routes
+another around its primary; what the connection does (refused, DNS, TLS) still counts for
+the backend as a whole. Models named in the config have their breakers from the start
+(and their own metric labels); others get one on first use, a bounded number of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -30,15 +37,16 @@ from gateway.errors import (
 )
 from gateway.ops.metrics import Metrics
 from gateway.ops.request_usage import current_usage
-from gateway.resilience.breaker import BreakerState, CircuitBreaker
+from gateway.resilience.breaker import CircuitBreaker
+from gateway.resilience.model_breakers import Breakers
+from gateway.resilience.retries import RETRYABLE_REASONS, backoff_delay, failure_reason
 
 __all__ = ["Guard", "LocalOutboundLimiter", "OutboundLimiter"]
 
 T = TypeVar("T")
 B = TypeVar("B")
 
-BACKOFF_BASE_S = 0.25
-BACKOFF_CAP_S = 8.0
+_log = logging.getLogger("tollway.resilience")
 
 
 class OutboundLimiter(Protocol):
@@ -73,7 +81,7 @@ class LocalOutboundLimiter:
 
 
 class Guard(Generic[B]):
-    """A backend wrapped in breaker, bulkhead, deadline, outbound limit and retries."""
+    """A backend wrapped in breakers, bulkhead, deadline, outbound limit and retries."""
 
     def __init__(
         self,
@@ -83,30 +91,32 @@ class Guard(Generic[B]):
         *,
         outbound: OutboundLimiter | None = None,
         required: bool = False,
+        models: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self.backend = backend
         self.config = config
         self.name = config.name
         self.required = required
         self._metrics = metrics
+        self._clock = clock
+        self._rand = rand
         self._in_flight = 0
         limit = config.outbound_limit
         self.outbound = outbound or (
             LocalOutboundLimiter(config.name, limit.count, limit.period_s) if limit else None
         )
-        self.breaker = CircuitBreaker(
-            config.name,
-            failures=config.breaker.failures,
-            reset_s=config.breaker.reset_s,
-            clock=clock,
-            on_change=self._breaker_changed,
+        self.breakers = Breakers(
+            self.name, config.breaker, metrics, models=models, clock=clock, rand=rand
         )
-        metrics.breaker_state.labels(config.name).set(0)
+        self.breaker = self.breakers.whole
+        """The backend as a whole: every failure of a call made without a model, and
+        connection failures of calls made for one."""
 
-    def _breaker_changed(self, name: str, state: BreakerState) -> None:
-        self._metrics.breaker_state.labels(name).set(int(state))
-        self._metrics.breaker_transitions.labels(name, state.name.lower()).inc()
+    def breaker_for(self, model: str) -> CircuitBreaker:
+        """The breaker of `model` (its upstream name) on this backend."""
+        return self.breakers.for_model(model)
 
     @property
     def in_flight(self) -> int:
@@ -124,12 +134,26 @@ class Guard(Generic[B]):
         self._metrics.outbound_wait.labels(self.name).observe(waited)
 
     @asynccontextmanager
-    async def attempt(self) -> AsyncIterator[None]:
-        """One try against the backend: admitted by the breaker and the bulkhead, its
-        outcome recorded. Raises `CircuitOpen` or `BackendOverloaded` without calling."""
-        probe = self.breaker.acquire()
+    async def attempt(self, model: str | None = None) -> AsyncIterator[None]:
+        """One try against the backend (for `model`, when given): admitted by the
+        breakers and the bulkhead, its outcome recorded. Raises `CircuitOpen` or
+        `BackendOverloaded` without calling."""
+        whole = self.breaker
+        probe = False if whole.quiet else whole.acquire()
+        own: CircuitBreaker | None = None
+        own_probe = False
+        if model is not None:
+            own = self.breakers.models.get(model) or self.breakers.for_model(model)
+            if not own.quiet:
+                try:
+                    own_probe = own.acquire()
+                except BaseException:
+                    whole.release(probe)
+                    raise
         if self._in_flight >= self.config.max_in_flight:
-            self.breaker.release(probe)
+            whole.release(probe)
+            if own is not None:
+                own.release(own_probe)
             raise BackendOverloaded(
                 f"backend {self.name!r} has too many requests in flight",
                 backend=self.name,
@@ -137,29 +161,32 @@ class Guard(Generic[B]):
             )
         self._in_flight += 1
         started = time.perf_counter()
-        status = "error"
+        status = "cancelled"
         try:
             yield
             status = "ok"
-            self.breaker.record_success(probe)
+            if not whole.quiet:
+                whole.record_success(probe)
+            if own is not None and not own.quiet:
+                own.record_success(own_probe)
         except BackendError as error:
             status = str(error.http_status)
-            if error.breaker_failure:
-                self.breaker.record_failure(probe, f"{error.http_status} {error.code}")
-            else:
-                self.breaker.release(probe)
+            self.breakers.record_error(error, probe, own, own_probe)
             raise
         except TimeoutError:
             status = "timeout"
-            self.breaker.record_failure(probe, "timeout")
+            if own is None:
+                whole.record_failure(probe, "timeout")
+            else:
+                whole.release(probe)
+                own.record_failure(own_probe, "timeout")
             raise
-        except TollwayError as error:  # the caller's mistake (bad SQL, say): not a failure
-            status = str(error.http_status)
-            self.breaker.release(probe)
-            raise
-        except BaseException:
-            status = "cancelled"
-            self.breaker.release(probe)
+        except BaseException as error:  # the caller's mistake (bad SQL, say), or a cancel
+            if isinstance(error, TollwayError):
+                status = str(error.http_status)
+            whole.release(probe)
+            if own is not None:
+                own.release(own_probe)
             raise
         finally:
             self._in_flight -= 1
@@ -169,12 +196,19 @@ class Guard(Generic[B]):
             if usage is not None:
                 usage.upstream_s += elapsed
 
+    def record_stream_failure(self, model: str | None, reason: str) -> None:
+        """A stream that started well failed later (cut, stall, malformed): count it on
+        the model's breaker (the backend's, without a model)."""
+        breaker = self.breaker if model is None else self.breakers.for_model(model)
+        breaker.record_failure(False, reason)
+
     async def call(
         self,
         op: Callable[[], Awaitable[T]],
         *,
         deadline: float | None = None,
         retries: int | None = None,
+        model: str | None = None,
     ) -> T:
         """Run `op` under the guard, retrying what a retry can help, within the deadline."""
         deadline = deadline if deadline is not None else self.deadline()
@@ -183,14 +217,14 @@ class Guard(Generic[B]):
         while True:
             await self.wait_for_quota(deadline)
             try:
-                async with self.attempt(), asyncio.timeout_at(deadline):
+                async with self.attempt(model), asyncio.timeout_at(deadline):
                     return await op()
             except TimeoutError:
                 raise BackendTimeout(
                     f"backend {self.name!r} did not answer in time", backend=self.name
                 ) from None
             except BackendError as error:
-                delay = self._retry_delay(error, attempt, retries, deadline)
+                delay = self._retry_delay(error, attempt, retries, deadline, model)
                 if delay is None:
                     raise
                 attempt += 1
@@ -203,13 +237,18 @@ class Guard(Generic[B]):
         first_item_timeout_s: float,
         deadline: float | None = None,
         retries: int | None = None,
+        model: str | None = None,
+        ready: Callable[[T], bool] | None = None,
     ) -> AsyncIterator[T]:
         """The items of `open_stream()`, under the guard for the stream's whole life.
 
         Opening and the first item are retried like `call` (the first item must come
-        within `first_item_timeout_s` and the deadline); once an item has been yielded,
-        failures propagate to the consumer, since its client has already seen bytes.
-        The bulkhead slot is held until the stream ends. Close it with `aclosing`.
+        within `first_item_timeout_s` and the deadline; past it the upstream request is
+        closed and `BackendTimeout` raised); with `ready`, items are held back until one
+        satisfies it (an LLM's first token, not a preamble), within the same time. Once
+        an item has been yielded, failures propagate to the consumer, since its client
+        has already seen bytes. The bulkhead slot is held until the stream ends. Close
+        it with `aclosing`.
         """
         loop = asyncio.get_running_loop()
         deadline = deadline if deadline is not None else self.deadline()
@@ -219,44 +258,62 @@ class Guard(Generic[B]):
         while True:
             await self.wait_for_quota(deadline)
             try:
-                async with self.attempt():
+                async with self.attempt(model):
                     items = open_stream()
                     try:
                         first_by = min(deadline, loop.time() + first_item_timeout_s)
+                        held: list[T] = []
                         try:
                             async with asyncio.timeout_at(first_by):
-                                first = await anext(items)
+                                held.append(await anext(items))
+                                while ready is not None and not ready(held[-1]):
+                                    held.append(await anext(items))
                         except StopAsyncIteration:
-                            return
+                            if not held:
+                                return
                         except TimeoutError:
                             raise BackendTimeout(
                                 f"backend {self.name!r} sent nothing in time", backend=self.name
                             ) from None
                         yielded = True
-                        yield first
+                        for item in held:
+                            yield item
                         async for item in items:
                             yield item
                     finally:
                         await items.aclose()  # type: ignore[attr-defined]
                 return
             except BackendError as error:
-                delay = None if yielded else self._retry_delay(error, attempt, retries, deadline)
+                if yielded:
+                    raise
+                delay = self._retry_delay(error, attempt, retries, deadline, model)
                 if delay is None:
                     raise
                 attempt += 1
                 await asyncio.sleep(delay)
 
     def _retry_delay(
-        self, error: BackendError, attempt: int, retries: int, deadline: float
+        self, error: BackendError, attempt: int, retries: int, deadline: float, model: str | None
     ) -> float | None:
         """How long to wait before trying again, or None when a retry cannot help or
         would not finish inside the deadline."""
-        if not error.retryable or attempt >= retries:
+        reason = failure_reason(error)
+        if reason not in RETRYABLE_REASONS or attempt >= retries:
             return None
-        delay = backoff_delay(attempt, error.retry_after)
+        delay = backoff_delay(attempt, error.retry_after, self._rand)
         if asyncio.get_running_loop().time() + delay >= deadline:
             return None
-        self._metrics.retries.labels(self.name).inc()
+        self._metrics.retries.labels(self.name, reason).inc()
+        _log.info(
+            "retrying",
+            extra={
+                "backend": self.name,
+                "model": model,
+                "reason": reason,
+                "attempt": attempt + 2,
+                "delay_s": round(delay, 3),
+            },
+        )
         return delay
 
     async def health(self) -> Health:
@@ -268,15 +325,11 @@ class Guard(Generic[B]):
         return Health(health.ok, health.detail, health.latency_s or time.perf_counter() - started)
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described: dict[str, Any] = {
             "type": self.config.type,
             "in_flight": self._in_flight,
             **self.breaker.describe(),
         }
-
-
-def backoff_delay(attempt: int, retry_after: float | None) -> float:
-    """Full jitter on an exponential ceiling; the upstream's Retry-After wins when given."""
-    if retry_after is not None and retry_after > 0:
-        return retry_after
-    return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2**attempt)))
+        if self.breakers.models:
+            described["models"] = self.breakers.describe_models()
+        return described

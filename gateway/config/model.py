@@ -88,6 +88,10 @@ class ODataConfig:
     page_size: int = 5000
     max_page_size: int = 20_000
     key_param: str | None = None
+    skiptoken_secrets: tuple[str, ...] = ()
+    """HMAC secrets for ``$skiptoken`` (the first signs, all verify); empty: per process."""
+    max_filter_depth: int = 50
+    """How deeply a ``$filter`` may nest (parentheses, not, minus, function arguments)."""
 
 
 @dataclass(frozen=True, slots=True)

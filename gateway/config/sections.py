@@ -126,15 +126,33 @@ def cache_config(s: Section) -> CacheConfig:
     return config
 
 
-def odata_config(s: Section) -> ODataConfig:
+MAX_FILTER_DEPTH: Final = 100
+"""Past this, parsing and compiling a filter would come near Python's recursion limit."""
+MIN_SECRET_CHARS: Final = 16
+
+
+def odata_config(s: Section, env: Mapping[str, str] | None = None) -> ODataConfig:
     d = ODataConfig()
+    secret = s.string("skiptoken_secret", None)
+    if secret is None:
+        secret = (env or {}).get("TOLLWAY_ODATA_SECRET", "")
+    secrets = tuple(part.strip() for part in secret.split(",") if part.strip())
+    if any(len(part) < MIN_SECRET_CHARS for part in secrets):
+        raise ConfigError(
+            "odata.skiptoken_secret",
+            f"each comma-separated secret needs at least {MIN_SECRET_CHARS} characters",
+        )
     config = ODataConfig(
         page_size=s.number("page_size", d.page_size, integer=True, minimum=1),
         max_page_size=s.number("max_page_size", d.max_page_size, integer=True, minimum=1),
         key_param=s.string("key_param", None),
+        skiptoken_secrets=secrets,
+        max_filter_depth=s.number("max_filter_depth", d.max_filter_depth, integer=True, minimum=1),
     )
     if config.page_size > config.max_page_size:
         raise ConfigError("odata.page_size", "must not exceed odata.max_page_size")
+    if config.max_filter_depth > MAX_FILTER_DEPTH:
+        raise ConfigError("odata.max_filter_depth", f"must be at most {MAX_FILTER_DEPTH}")
     s.reject_unknown()
     return config
 

@@ -101,6 +101,9 @@ async def test_string_functions(feed: TestClient) -> None:
     ])  # fmt: skip
 
 
+JAN_10, JAN_15 = dt.date(2026, 1, 10), dt.date(2026, 1, 15)
+
+
 def utc(value: Any) -> dt.datetime:
     return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
 
@@ -120,8 +123,8 @@ async def test_date_and_time_functions(feed: TestClient) -> None:
         ("hour(paid_at) eq 13", stamp("paid_at", lambda t: t.hour == 13)),
         ("minute(seen_at) lt 10", stamp("seen_at", lambda t: t.minute < 10)),
         ("second(seen_at) eq 3", stamp("seen_at", lambda t: t.second == 3)),
-        ("date(paid_at) eq 2026-01-15", stamp("paid_at", lambda t: t.date() == dt.date(2026, 1, 15))),
-        ("date(seen_at) lt 2026-01-10", stamp("seen_at", lambda t: t.date() < dt.date(2026, 1, 10))),
+        ("date(paid_at) eq 2026-01-15", stamp("paid_at", lambda t: t.date() == JAN_15)),
+        ("date(seen_at) lt 2026-01-10", stamp("seen_at", lambda t: t.date() < JAN_10)),
         ("time(seen_at) lt 06:00:00", stamp("seen_at", lambda t: t.time() < dt.time(6))),
         ("time(paid_at) ge 22:30", stamp("paid_at", lambda t: t.time() >= dt.time(22, 30))),
     ])  # fmt: skip
@@ -193,7 +196,8 @@ async def test_other_literals_and_logic(feed: TestClient) -> None:
         ("day lt 2025-03-01", lambda r: r["day"] is not None and r["day"] < dt.date(2025, 3, 1)),
         ("day eq 2025-01-22", lambda r: r["day"] == dt.date(2025, 1, 22)),
         ("day eq null", lambda r: r["day"] is None),
-        ("name ne null and amount eq null", lambda r: r["name"] is not None and r["amount"] is None),
+        ("name ne null and amount eq null",
+         lambda r: r["name"] is not None and r["amount"] is None),
         ("amount eq 12.95", lambda r: r["amount"] == decimal.Decimal("12.95")),
         ("amount ge 59", number("amount", lambda a: a >= 59)),
         ("score lt -2.5e0", number("score", lambda s: s < -2.5)),

@@ -147,7 +147,7 @@ class Dataset:
 
         selected = [self.fields[n] for n in (*query.dimensions, *query.metrics)]
         select = exp.select(*(f.expression.copy().as_(f.name, quoted=True) for f in selected))
-        select = select.from_(self.base.copy())
+        select = select.from_(self.base.copy(), copy=False)
         conditions: list[exp.Expr] = []
         if self.config.tenant_column is not None and tenant is not None:
             column = exp.column(self.config.tenant_column, quoted=True)
@@ -170,16 +170,21 @@ class Dataset:
             on_metrics = self._touches_metric({o.field for o in query.order_by})
             (having if on_metrics else conditions).append(seek(keys, query.after, bind))
         if conditions:
-            select = select.where(exp.and_(*conditions))
+            select = select.where(exp.and_(*conditions, copy=False), copy=False)
         if query.metrics and query.dimensions:
-            select = select.group_by(*(self.fields[n].expression.copy() for n in query.dimensions))
+            select = select.group_by(
+                *(self.fields[n].expression.copy() for n in query.dimensions), copy=False
+            )
         elif query.dimensions and not query.metrics and self._distinct_needed(query):
-            select = select.distinct()
+            select = select.distinct(copy=False)
         if having:
-            select = select.having(exp.and_(*having))
+            select = select.having(exp.and_(*having, copy=False), copy=False)
         if query.count_only:
             counted = exp.select(exp.Count(this=exp.Star()).as_("count")).from_(
-                exp.Subquery(this=select, alias=exp.TableAlias(this=exp.to_identifier("tollway_c")))
+                exp.Subquery(
+                    this=select, alias=exp.TableAlias(this=exp.to_identifier("tollway_c"))
+                ),
+                copy=False,
             )
             return counted.sql(dialect=self.dialect, comments=False), params
         for order in query.order_by:
@@ -188,13 +193,14 @@ class Dataset:
                     this=exp.column(order.field, quoted=True),
                     desc=order.descending,
                     nulls_first=False,
-                )
+                ),
+                copy=False,
             )
         limit = limit_override if limit_override is not None else query.limit
         if limit is not None:
-            select = select.limit(limit)
+            select = select.limit(limit, copy=False)
         if query.offset:
-            select = select.offset(query.offset)
+            select = select.offset(query.offset, copy=False)
         return select.sql(dialect=self.dialect, comments=False), params
 
     def _touches_metric(self, names: set[str]) -> bool:

@@ -21,6 +21,7 @@ answer. What is unsupported is 501, naming the function; what is wrong is 400.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -111,7 +112,9 @@ class FilterCompiler:
         """`node` as a boolean SQL expression."""
         if isinstance(node, Junction):
             items = [self.condition(item) for item in node.items]
-            joined = exp.and_(*items) if node.kind == "and" else exp.or_(*items)
+            joined = (
+                exp.and_(*items, copy=False) if node.kind == "and" else exp.or_(*items, copy=False)
+            )
             return exp.Paren(this=joined)
         if isinstance(node, Negation):
             return exp.Not(this=exp.Paren(this=self.condition(node.inner)))
@@ -165,7 +168,7 @@ class FilterCompiler:
         return _Typed(self._cast(self.bind(value), _SQL_TYPES[edm]), edm)
 
     def _cast(self, sql: exp.Expr, to: str) -> exp.Expr:
-        return exp.Cast(this=sql, to=exp.DataType.build(to, dialect=self.dialect))
+        return exp.Cast(this=sql, to=_data_type(to, self.dialect).copy())
 
     # --- comparisons and arithmetic ----------------------------------------------------
 
@@ -335,6 +338,11 @@ class FilterCompiler:
         )
         signed = exp.Mul(this=exp.Sign(this=sql), expression=magnitude)
         return _Typed(exp.Paren(this=signed), EDM_DOUBLE)
+
+
+@functools.cache
+def _data_type(name: str, dialect: str) -> exp.DataType:
+    return exp.DataType.build(name, dialect=dialect)
 
 
 _S: Final = frozenset({EDM_STRING})

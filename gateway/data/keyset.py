@@ -63,12 +63,12 @@ def seek(
         after: exp.Expr = comparison(this=key.sql.copy(), expression=bind(value))
         if key.nullable:
             null = exp.Is(this=key.sql.copy(), expression=exp.Null())
-            after = exp.Paren(this=exp.or_(after, null))
+            after = exp.Paren(this=exp.or_(after, null, copy=False))
         same = [_equal(k, v, bind) for k, v in zip(keys[:at], values[:at], strict=True)]
-        terms.append(exp.and_(*same, after) if same else after)
+        terms.append(exp.and_(*same, after, copy=False) if same else after)
     if not terms:
         return exp.false()
-    return exp.Paren(this=exp.or_(*terms))
+    return exp.Paren(this=exp.or_(*terms, copy=False))
 
 
 def _equal(key: SortKey, value: Any, bind: Callable[[Any], exp.Expr]) -> exp.Expr:

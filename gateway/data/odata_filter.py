@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from gateway.data.filter_compiler import FUNCTIONS
 from gateway.data.filter_tree import (
     EDM_BOOLEAN,
     EDM_DATE,
@@ -56,7 +57,7 @@ _TOKEN: Final = re.compile(
     r"\s*(?:"
     r"(?P<string>'(?:[^']|'')*')"
     rf"|(?P<datetime>\d{{4}}-\d{{2}}-\d{{2}}T\d{{2}}:\d{{2}}(?::\d{{2}}{_FRACTION})?"
-    r"(?:[Zz]|[+-]\d{2}:\d{2}))"
+    r"(?:[Zz]|[+ -]\d{2}:\d{2}))"
     r"|(?P<date>\d{4}-\d{2}-\d{2})"
     rf"|(?P<time>\d{{2}}:\d{{2}}(?::\d{{2}}{_FRACTION})?)"
     r"|(?P<number>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?[mMdDfFlL]?)"
@@ -131,19 +132,26 @@ class _Parser:
             raise _bad(f"expected {text!r}, found {token.text!r}")
 
     def parse(self) -> Node:
-        tree = self.expression(0)
+        tree = self.nested(0)
         extra = self.peek()
         if extra is not None:
             raise _bad(f"unexpected {extra.text!r}")
         return tree
 
-    def expression(self, min_bp: int) -> Node:
+    def nested(self, min_bp: int) -> Node:
+        """An expression one level deeper: inside parentheses, ``not``, minus, a call."""
         self.depth += 1
         if self.depth > self.max_depth:
             raise _bad(
                 f"nested more than {self.max_depth} levels deep (parentheses, not, minus or "
                 "function arguments); write it flatter"
             )
+        inner = self.expression(min_bp)
+        self.depth -= 1
+        return inner
+
+    def expression(self, min_bp: int) -> Node:
+        """Operators bind by precedence; an operand recurses at most once per level."""
         left = self.prefix()
         while (token := self.peek()) is not None and token.kind == "name":
             op = token.text.lower()
@@ -163,15 +171,14 @@ class _Parser:
                 left = Junction(op, (*items, right))
             else:
                 left = Binary(op, left, self.expression(bp))
-        self.depth -= 1
         return left
 
     def value_list(self) -> tuple[Node, ...]:
         self.expect("(")
-        values = [self.expression(0)]
+        values = [self.nested(0)]
         while (token := self.peek()) is not None and token.text == ",":
             self.index += 1
-            values.append(self.expression(0))
+            values.append(self.nested(0))
         self.expect(")")
         return tuple(values)
 
@@ -179,7 +186,7 @@ class _Parser:
         token = self.take()
         if token.kind == "punct":
             if token.text == "(":
-                inner = self.expression(0)
+                inner = self.nested(0)
                 self.expect(")")
                 return inner
             if token.text == "-":
@@ -191,7 +198,7 @@ class _Parser:
                 ):
                     self.index += 1
                     return _negative(_number(following.text))
-                return Negate(self.expression(_MINUS_BP))
+                return Negate(self.nested(_MINUS_BP))
             raise _bad(f"expected a value, found {token.text!r}")
         if token.kind == "name":
             return self.name(token)
@@ -201,21 +208,23 @@ class _Parser:
         word = token.text.lower()
         following = self.peek()
         if word == "not":
-            return Negation(self.expression(_NOT_BP))
+            return Negation(self.nested(_NOT_BP))
         if word in ("true", "false"):
             return Literal(word == "true", EDM_BOOLEAN)
         if word == "null":
             return Literal(None, EDM_NULL)
         if following is not None and following.text == "(":
+            if word not in FUNCTIONS:
+                raise NotSupported(f"$filter: the function {word}() is not supported here")
             self.index += 1
             args: list[Node] = []
             if (closing := self.peek()) is not None and closing.text == ")":
                 self.index += 1
             else:
-                args.append(self.expression(0))
+                args.append(self.nested(0))
                 while (sep := self.peek()) is not None and sep.text == ",":
                     self.index += 1
-                    args.append(self.expression(0))
+                    args.append(self.nested(0))
                 self.expect(")")
             return Call(word, tuple(args))
         if following is not None and following.text == "/":
@@ -239,6 +248,8 @@ def _literal(token: _Tok) -> Literal:
         if token.kind == "date":
             return Literal(dt.date.fromisoformat(text), EDM_DATE)
         if token.kind == "datetime":
+            # A '+' sent unencoded in a URL arrives as a space: it can only mean '+' here.
+            text = text[:-6] + "+" + text[-5:] if text[-6] == " " else text
             stamp = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1] in "Zz" else text)
             return Literal(stamp, EDM_DATETIMEOFFSET)
         if token.kind == "time":

@@ -119,6 +119,10 @@ class BackendConfig:
     """Data backends: the most rows one query may answer, whatever the request asks."""
     raw_sql: bool = True
     """Data backends: whether ``POST /v1/query`` may send SQL here (datasets always may)."""
+    max_response_bytes: int = 64 * 1024 * 1024
+    """Data backends: the most bytes of rows one answer may carry, counted while fetching."""
+    max_sql_depth: int = 32
+    """Data backends: how deeply ``POST /v1/query`` SQL may nest (parentheses, CASE, NOT)."""
     options: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -160,7 +160,10 @@ def odata_config(s: Section, env: Mapping[str, str] | None = None) -> ODataConfi
 _BACKEND_COMMON: Final = {
     "type", "timeout_s", "connect_timeout_s", "retries", "breaker", "outbound_limit",
     "outbound_wait_s", "max_in_flight", "required", "max_rows", "raw_sql",
+    "max_response_bytes", "max_sql_depth",
 }  # fmt: skip
+MAX_SQL_DEPTH: Final = 40
+"""sqlglot's parser takes ~20 Python frames per level: deeper would near the recursion limit."""
 
 
 def backend_config(name: str, s: Section) -> BackendConfig:
@@ -185,9 +188,15 @@ def backend_config(name: str, s: Section) -> BackendConfig:
         required=s.boolean("required", False),
         max_rows=s.number("max_rows", 10_000, integer=True, minimum=1),
         raw_sql=s.boolean("raw_sql", True),
+        max_response_bytes=s.number(
+            "max_response_bytes", 64 * 1024 * 1024, integer=True, minimum=1024
+        ),
+        max_sql_depth=s.number("max_sql_depth", 32, integer=True, minimum=1),
         options=MappingProxyType({k: s.raw(k) for k in s.keys() if k not in _BACKEND_COMMON}),
     )
     breaker.reject_unknown()
+    if config.max_sql_depth > MAX_SQL_DEPTH:
+        raise ConfigError(s.key_path("max_sql_depth"), f"must be at most {MAX_SQL_DEPTH}")
     return config
 
 

@@ -171,7 +171,7 @@ async def _page(
     )  # fmt: skip
     result = await run_dataset_query(request, dataset, query)
     rows = result.rows
-    more = len(rows) > limit
+    more = len(rows) > limit or result.too_large  # a page cut by size continues on the next
     rows = rows[:limit]
     request[usage_key].rows = len(rows)
     names = [c.name for c in result.columns]

@@ -24,7 +24,7 @@ from gateway.data.sql_json import encode_result
 from gateway.data.sql_safety import check_read_only, limit_rows
 from gateway.edge.body import read_json
 from gateway.edge.principal import principal_key
-from gateway.errors import BadRequest, Forbidden, NotFound, TollwayError
+from gateway.errors import BadRequest, Forbidden, NotFound, ResponseTooLarge, TollwayError
 from gateway.ops.metrics import metrics_key
 from gateway.ops.request_usage import usage_key
 from gateway.resilience.guard import Guard
@@ -59,7 +59,7 @@ def _answer(
     request: web.Request, guard: Guard[Any], result: QueryResult, max_rows: int
 ) -> web.Response:
     rows = list(result.rows)
-    truncated = len(rows) > max_rows
+    truncated = len(rows) > max_rows or result.too_large
     if truncated:
         del rows[max_rows:]
     usage = request[usage_key]
@@ -101,8 +101,15 @@ async def query(request: web.Request) -> web.StreamResponse:
         raise BadRequest("'params' must be a list of plain values", param="params")
     max_rows = _max_rows(body, guard.config.max_rows)
     try:
-        checked = check_read_only(body.get("sql"), guard.backend.dialect)  # type: ignore[arg-type]
+        checked = check_read_only(
+            body.get("sql"),  # type: ignore[arg-type]
+            guard.backend.dialect,
+            max_depth=guard.config.max_sql_depth,
+            max_value_bytes=guard.config.max_response_bytes,
+        )
     except BadRequest as error:
+        raise _refuse(request, error.code, error) from None
+    except ResponseTooLarge as error:
         raise _refuse(request, error.code, error) from None
     sql = limit_rows(checked, max_rows + 1).sql()
 

@@ -22,7 +22,7 @@ from gateway.config import Config, ConfigError, DatasetConfig
 from gateway.data.edm import edm_type, is_text, is_zoned
 from gateway.data.filter_compiler import Column, FilterCompiler
 from gateway.data.filter_tree import EDM_STRING, Junction, Node, fields_of
-from gateway.data.keyset import SortKey, seek
+from gateway.data.keyset import SortKey, seek, through
 from gateway.data.sql_safety import DENIED_FUNCTIONS, check_read_only
 from gateway.errors import BadRequest
 
@@ -50,6 +50,8 @@ class DatasetQuery:
     offset: int = 0
     after: tuple[Any, ...] | None = None
     """Keyset paging: only rows after these values of `order_by` (nulls sort last)."""
+    until: tuple[Any, ...] | None = None
+    """Keyset paging: only rows up to these values of `order_by` (see `bounded_pages`)."""
     count_only: bool = False
     """Answer ``SELECT count(*)`` of the grouped rows instead of the rows (OData $count)."""
 
@@ -130,6 +132,24 @@ class Dataset:
         every = DatasetQuery(dimensions=tuple(self.dimensions), metrics=tuple(self.metrics))
         return self.build(every, tenant=None, limit_override=0)
 
+    def bounded_pages(self, query: DatasetQuery) -> bool:
+        """Whether a page is cheaper found in two steps: first the key of the row that
+        follows it (a narrow sort), then the page between two bounds a scan can skip to.
+
+        DuckDB has no ordered index: ``WHERE k > $1 ORDER BY k LIMIT n`` sorts every row
+        after the position, so page 1 would cost a whole-table sort. With an upper bound
+        too, its zone maps skip all but the row groups the page lies in. Only for pages
+        of plain rows (no grouping) ordered by non-null dimensions running one way.
+        """
+        if self.dialect != "duckdb" or query.metrics or self._distinct_needed(query):
+            return False
+        fields = [self.fields[o.field] for o in query.order_by]
+        return (
+            bool(fields)
+            and all(f.kind == "dimension" and not self.nullable(f.name) for f in fields)
+            and len({o.descending for o in query.order_by}) == 1
+        )
+
     def _distinct_needed(self, query: DatasetQuery) -> bool:
         """Dimensions alone are grouped, unless they hold the declared key (unique already)."""
         declared = set(self.config.key)
@@ -162,13 +182,17 @@ class Dataset:
             for item in items:
                 target = having if self._touches_metric(fields_of(item)) else conditions
                 target.append(compiler.condition(item))
+        keys = [
+            SortKey(self.fields[o.field].expression, o.descending, self.nullable(o.field))
+            for o in query.order_by
+        ]
+        on_metrics = self._touches_metric({o.field for o in query.order_by})
         if query.after is not None:
-            keys = [
-                SortKey(self.fields[o.field].expression, o.descending, self.nullable(o.field))
-                for o in query.order_by
-            ]
-            on_metrics = self._touches_metric({o.field for o in query.order_by})
             (having if on_metrics else conditions).append(seek(keys, query.after, bind))
+        if query.until is not None:
+            bound = through(keys, query.until, bind)
+            if bound is not None:
+                (having if on_metrics else conditions).append(bound)
         if conditions:
             select = select.where(exp.and_(*conditions, copy=False), copy=False)
         if query.metrics and query.dimensions:

@@ -31,7 +31,7 @@ from sqlglot import exp
 
 from gateway.errors import BadRequest
 
-__all__ = ["SkipTokens", "SortKey", "binding_digest", "seek"]
+__all__ = ["SkipTokens", "SortKey", "binding_digest", "seek", "through"]
 
 _MAC_BYTES: Final = 16
 _START_OVER: Final = "start the read again from the first page (the URL without $skiptoken)"
@@ -69,6 +69,22 @@ def seek(
     if not terms:
         return exp.false()
     return exp.Paren(this=exp.or_(*terms, copy=False))
+
+
+def through(
+    keys: Sequence[SortKey], values: Sequence[Any], bind: Callable[[Any], exp.Expr]
+) -> exp.Expr | None:
+    """Rows up to and including `values` (``(k1, k2) <= ($1, $2)``), when the keys are
+    non-null and run one way; else None. An upper bound lets a scan skip what follows."""
+    if len({k.descending for k in keys}) != 1 or any(k.nullable for k in keys):
+        return None
+    if None in values:
+        return None
+    comparison = exp.GTE if keys[0].descending else exp.LTE
+    if len(keys) == 1:
+        return comparison(this=keys[0].sql.copy(), expression=bind(values[0]))
+    left = exp.Tuple(expressions=[k.sql.copy() for k in keys])
+    return comparison(this=left, expression=exp.Tuple(expressions=[bind(v) for v in values]))
 
 
 def _equal(key: SortKey, value: Any, bind: Callable[[Any], exp.Expr]) -> exp.Expr:

@@ -11,7 +11,6 @@ Query options we do not implement answer 501, never a silently wrong result.
 
 from __future__ import annotations
 
-import datetime as dt
 import decimal
 import logging
 import secrets
@@ -25,7 +24,7 @@ from gateway.cache.cached import cached, rows_guarded_entry
 from gateway.config import config_key
 from gateway.data.datasets import Dataset, DatasetQuery
 from gateway.data.edm import edm_type
-from gateway.data.filter_tree import EDM_DATETIMEOFFSET, EDM_DECIMAL, EDM_INT64
+from gateway.data.filter_tree import EDM_INT64
 from gateway.data.keyset import SkipTokens, binding_digest
 from gateway.data.odata_metadata import metadata_xml
 from gateway.data.odata_options import FeedQuery, check_version, ieee754, page_size, read_options
@@ -58,7 +57,10 @@ def setup(app: web.Application) -> None:
 
 
 def _json(data: Any, *, as_strings: bool = False) -> web.Response:
-    body = orjson.dumps(data, default=_value_as_string if as_strings else _value)
+    # Naive timestamps are UTC: orjson writes them with +00:00, as Edm.DateTimeOffset needs.
+    body = orjson.dumps(
+        data, default=_value_as_string if as_strings else _value, option=orjson.OPT_NAIVE_UTC
+    )
     return web.Response(body=body, content_type="application/json")
 
 
@@ -169,6 +171,8 @@ async def _page(
         dims, metrics, feed.where, "$filter", feed.orders, limit + 1,
         0 if after is not None else feed.skip, after,
     )  # fmt: skip
+    if dataset.bounded_pages(query):
+        query = await _bounded(request, dataset, query, limit)
     result = await run_dataset_query(request, dataset, query)
     rows = result.rows
     more = len(rows) > limit or result.too_large  # a page cut by size continues on the next
@@ -194,25 +198,39 @@ async def _page(
     return _json(body, as_strings=as_strings)
 
 
+async def _bounded(
+    request: web.Request, dataset: Dataset, query: DatasetQuery, limit: int
+) -> DatasetQuery:
+    """`query` with an upper bound: the sort key of the row just after this page."""
+    keys = tuple(o.field for o in query.order_by)
+    probe = DatasetQuery(
+        keys, (), query.where, query.where_param, query.order_by, 1, query.offset + limit,
+        query.after,
+    )  # fmt: skip
+    found = await run_dataset_query(request, dataset, probe)
+    if not found.rows:
+        return query
+    return DatasetQuery(**{**_fields(query), "until": tuple(found.rows[0])})
+
+
+def _fields(query: DatasetQuery) -> dict[str, Any]:
+    return {name: getattr(query, name) for name in query.__dataclass_fields__}
+
+
 def _entities(
     dataset: Dataset, names: list[str], rows: Any, as_strings: bool
 ) -> list[dict[str, Any]]:
-    """Rows as entities: every property present; naive timestamps given as UTC."""
-    edms = [edm_type(dataset.types.get(n))[0] for n in names]
-    fixed = [i for i, edm in enumerate(edms) if edm == EDM_DATETIMEOFFSET]
-    if as_strings:
-        fixed += [i for i, edm in enumerate(edms) if edm in (EDM_INT64, EDM_DECIMAL)]
-    if not fixed:
+    """Rows as entities: every property present; with IEEE754Compatible, Int64 as text."""
+    if not as_strings:
         return [dict(zip(names, row, strict=True)) for row in rows]
+    edms = [edm_type(dataset.types.get(n))[0] for n in names]
+    integers = [i for i, edm in enumerate(edms) if edm == EDM_INT64]
     entities = []
     for row in rows:
         entity = dict(zip(names, row, strict=True))
-        for index in fixed:
-            value = row[index]
-            if isinstance(value, dt.datetime) and value.tzinfo is None:
-                entity[names[index]] = value.replace(tzinfo=dt.UTC)
-            elif isinstance(value, int) and not isinstance(value, bool):
-                entity[names[index]] = str(value)
+        for index in integers:
+            if row[index] is not None:
+                entity[names[index]] = str(row[index])
         entities.append(entity)
     return entities
 

@@ -76,7 +76,7 @@ async def test_next_links_carry_a_signed_keyset_token_not_an_offset(
     assert len(rows) == len({r["id"] for r in rows}) == len(acme_rows())
     names = [r["name"] for r in rows]  # nulls last, each name's ids in key order
     present = [n for n in names if n is not None]
-    assert present == sorted(present, reverse=True) and names[len(present):] == [None] * (
+    assert present == sorted(present, reverse=True) and names[len(present) :] == [None] * (
         len(names) - len(present)
     )
 
@@ -238,10 +238,37 @@ async def test_a_dataset_definition_change_invalidates_cached_pages(
     assert (await same.get(url, headers=headers)).headers["X-Cache"] == "HIT"
     changed_dataset = items_dataset("wh", "items")
     changed_dataset["dimensions"]["name"] = "upper(name)"
-    changed = await serve(
-        aiohttp_client, duck_file, datasets={"items": changed_dataset}, **shared
-    )
+    changed = await serve(aiohttp_client, duck_file, datasets={"items": changed_dataset}, **shared)
     response = await changed.get(url, headers=headers)
     assert response.headers["X-Cache"] == "MISS"
     names = {r["name"] for r in (await response.json())["value"]} - {None}
     assert names and all(n == n.upper() for n in names)
+
+
+async def test_next_links_of_an_admitted_read_are_not_cut_by_the_minute_limit(
+    aiohttp_client: Any, duck_file: Path
+) -> None:
+    client = await serve(
+        aiohttp_client,
+        duck_file,
+        limits={"routes": {"odata": ["2/minute"]}},
+        odata={"page_limits": ["100/minute"]},
+    )
+    rows = await all_pages(client, "/odata/items?$select=id")  # 18 pages, one admission
+    assert len(rows) == len(acme_rows()) > 10 * 2
+    second = await all_pages(client, "/odata/items?$select=id,qty")
+    assert len(second) == len(acme_rows())
+    third = await client.get("/odata/items?$select=id", headers=basic())
+    assert third.status == 429 and "Retry-After" in third.headers
+
+
+async def test_next_link_pages_have_their_own_ceiling(aiohttp_client: Any, duck_file: Path) -> None:
+    client = await serve(aiohttp_client, duck_file, odata={"page_limits": ["3/minute"]})
+    url = await first_link(client, "/odata/items?$select=id")
+    statuses = []
+    for _ in range(5):
+        response = await client.get(url, headers=basic())
+        statuses.append(response.status)
+        if response.status == 200:
+            url = relative(client, (await response.json())["@odata.nextLink"])
+    assert statuses == [200, 200, 200, 429, 429]

@@ -92,6 +92,9 @@ class ODataConfig:
     """HMAC secrets for ``$skiptoken`` (the first signs, all verify); empty: per process."""
     max_filter_depth: int = 50
     """How deeply a ``$filter`` may nest (parentheses, not, minus, function arguments)."""
+    page_limits: tuple[Rate, ...] = ()
+    """Per key: next-link pages of reads already admitted (their own ceiling, apart from
+    the per-minute limits that admitted the read's first page)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,6 +126,7 @@ def cache_config(s: Section) -> CacheConfig:
     return config
 
 
+DEFAULT_PAGE_LIMITS: Final = ("6000/minute", "200000/hour")
 MAX_FILTER_DEPTH: Final = 100
 """Past this, parsing and compiling a filter would come near Python's recursion limit."""
 MIN_SECRET_CHARS: Final = 16
@@ -148,6 +149,7 @@ def odata_config(s: Section, env: Mapping[str, str] | None = None) -> ODataConfi
         key_param=s.string("key_param", None),
         skiptoken_secrets=secrets,
         max_filter_depth=s.number("max_filter_depth", d.max_filter_depth, integer=True, minimum=1),
+        page_limits=s.rates("page_limits", DEFAULT_PAGE_LIMITS),
     )
     if config.page_size > config.max_page_size:
         raise ConfigError("odata.page_size", "must not exceed odata.max_page_size")

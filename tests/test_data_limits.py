@@ -200,3 +200,62 @@ def test_a_hundred_megabyte_value_is_refused_without_the_process_growing(tmp_pat
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+async def test_a_client_that_goes_away_stops_its_postgres_statement(aiohttp_client: Any) -> None:
+    import asyncio
+
+    import aiohttp
+    import asyncpg
+
+    backend = {"type": "postgres", "dsn": POSTGRES_DSN, "timeout_s": 30, "retries": 0}
+    client = await aiohttp_client(create_app(make_config({"backends": {"wh": backend}})))
+    marker = "SELECT pg_sleep(20) AS gone_with_the_client"
+    with pytest.raises(asyncio.TimeoutError):
+        await client.post(
+            "/v1/query",
+            json={"backend": "wh", "sql": marker},
+            headers=AUTH,
+            timeout=aiohttp.ClientTimeout(total=0.5),
+        )
+    admin = await asyncpg.connect(POSTGRES_DSN)
+    try:
+        for _ in range(40):
+            running = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                "AND query LIKE '%gone_with_the_client%' AND pid <> pg_backend_pid()"
+            )
+            if running == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert running == 0, "the statement kept running after its client left"
+    finally:
+        await admin.close()
+
+
+async def test_a_client_that_goes_away_interrupts_duckdb(aiohttp_client: Any) -> None:
+    import asyncio
+
+    import aiohttp
+
+    backend = {"type": "duckdb", "demo": True, "threads": 1, "timeout_s": 30, "retries": 0}
+    client = await aiohttp_client(create_app(make_config({"backends": {"wh": backend}})))
+    slow = (
+        "SELECT count(*) AS n FROM range(100000000) AS a, range(1000) AS b WHERE a.range > b.range"
+    )
+    with pytest.raises(asyncio.TimeoutError):
+        await client.post(
+            "/v1/query",
+            json={"backend": "wh", "sql": slow},
+            headers=AUTH,
+            timeout=aiohttp.ClientTimeout(total=0.5),
+        )
+    started = time.monotonic()
+    status, body = await query_on(client, "SELECT 42 AS answer")
+    assert status == 200 and body["rows"] == [[42]]
+    assert time.monotonic() - started < 3, "the one DuckDB thread was still busy"
+
+
+async def query_on(client: TestClient, sql: str) -> tuple[int, Any]:
+    response = await client.post("/v1/query", json={"backend": "wh", "sql": sql}, headers=AUTH)
+    return response.status, await response.json()

@@ -218,36 +218,45 @@ async def test_nullability_comes_from_postgres(aiohttp_client: Any) -> None:
 async def test_power_query_replay_on_postgres(aiohttp_client: Any) -> None:
     async with pg_items() as schema:
         backend = {"type": "postgres", "dsn": POSTGRES_DSN}
-        client = await serve(aiohttp_client, backend, f"{schema}.items")
-        headers = {**POWER_QUERY, **basic()}
+        await power_query_replay(await serve(aiohttp_client, backend, f"{schema}.items"))
 
-        async def get(url: str) -> Any:
-            response = await client.get(url, headers=headers)
-            assert response.status == 200, await response.text()
-            assert response.headers.getall("OData-Version") == ["4.0"]
-            return response
 
-        root = await (await get("/odata/")).json()
-        assert [s["url"] for s in root["value"]] == ["items"]
-        metadata = ET.fromstring(await (await get("/odata/$metadata")).text())
-        for entity in metadata.iter(f"{EDM}EntityType"):
-            assert [r.get("Name") for r in entity.iter(f"{EDM}PropertyRef")] == ["id"]
-        previews = [await (await get("/odata/items?$top=1000")).json() for _ in range(2)]
-        assert previews[0]["value"] == previews[1]["value"]
-        assert len(previews[0]["value"]) == 7 and "@odata.nextLink" in previews[0]
-        folded = (
-            "/odata/items?$filter="
-            + quote("paid_at lt 2026-01-09T10:30:00+01:00 and seen_at ge 2026-01-01T06:00:00+01:00")
-            + "&$select=id,name,paid_at&$orderby=paid_at desc"
-        )
-        rows: list[dict[str, Any]] = []
-        url = folded
-        for _ in range(100):
-            page = await (await get(url)).json()
-            rows += page["value"]
-            if "@odata.nextLink" not in page:
-                break
-            url = relative(client, page["@odata.nextLink"])
+async def test_power_query_replay_on_duckdb(duck: TestClient) -> None:
+    await power_query_replay(duck)
+
+
+async def power_query_replay(client: TestClient) -> None:
+    """Power Query's sequence with its exact headers: service document, $metadata, the
+    $top=1000 preview twice, then a folded URL with a +01:00 filter and every next link."""
+    headers = {**POWER_QUERY, **basic()}
+
+    async def get(url: str) -> Any:
+        response = await client.get(url, headers=headers)
+        assert response.status == 200, await response.text()
+        assert response.headers.getall("OData-Version") == ["4.0"]
+        return response
+
+    root = await (await get("/odata/")).json()
+    assert [s["url"] for s in root["value"]] == ["items"]
+    metadata = ET.fromstring(await (await get("/odata/$metadata")).text())
+    for entity in metadata.iter(f"{EDM}EntityType"):
+        assert [r.get("Name") for r in entity.iter(f"{EDM}PropertyRef")] == ["id"]
+    previews = [await (await get("/odata/items?$top=1000")).json() for _ in range(2)]
+    assert previews[0]["value"] == previews[1]["value"]
+    assert len(previews[0]["value"]) == 7 and "@odata.nextLink" in previews[0]
+    folded = (
+        "/odata/items?$filter="
+        + quote("paid_at lt 2026-01-09T10:30:00+01:00 and seen_at ge 2026-01-01T06:00:00+01:00")
+        + "&$select=id,name,paid_at&$orderby=paid_at desc"
+    )
+    rows: list[dict[str, Any]] = []
+    url = folded
+    for _ in range(100):
+        page = await (await get(url)).json()
+        rows += page["value"]
+        if "@odata.nextLink" not in page:
+            break
+        url = relative(client, page["@odata.nextLink"])
     lower = dt.datetime(2026, 1, 1, 5)  # naive: UTC
     upper = dt.datetime(2026, 1, 9, 9, 30, tzinfo=dt.UTC)
     truth = sorted(
@@ -303,3 +312,29 @@ async def test_python_odata_client_reflects_pages_counts_and_filters(
     rows, distinct, counted, north = await asyncio.to_thread(read)
     assert rows == distinct == counted == 25_000
     assert north == sum(1 for i in range(1, 31251) if i % 5 and i % 3 == 0 and i % 100 >= 50)
+
+
+HOSTILE = [
+    "name eq 'x' or 1 eq 1", "name eq 'x'' or ''1''=''1'", "name eq 'x'; DROP TABLE items; --",
+    "name eq 'x' or tenant_id eq 'globex'", "tenant_id ne 'acme'", "name eq '\\' or 1=1 --'",
+    "name eq 'x' union select * from items", "name eq ''''", "contains(name, '%') or true",
+    "startswith(name, '_')", "name eq '", "'", "((((", "))))", "name eq 'a' and", "or", "not",
+    "name eq $1", "name eq ?", "name eq :p", "name eq 'x' /* comment */", "name -- eq 'x'",
+    "length(name) gt 1e308", "qty eq 1.7976931348623157e309", "qty eq -", "qty eq --1",
+    "day eq 9999-99-99", "seen_at gt 2026-01-01T00:00:00+99:99", "name eq 'é' and name eq '\u0000'",
+    "substring(name, -1) eq 'x'", "substring(name, 99999999999) eq 'x'", "indexof(name) eq 1",
+    "name in ()", "name in ('a',)", "name in ('a' 'b')", "x" * 5000, "name eq '" + "a" * 6000 + "'",
+    "concat(" * 40 + "name" + ",'a')" * 40 + " eq 'x'", "cast(qty, Edm.String) eq '1'",
+]  # fmt: skip
+
+
+async def test_hostile_filters_never_answer_5xx_or_another_tenants_row(duck: TestClient) -> None:
+    acme = {r["id"] for r in acme_rows()}
+    for text in HOSTILE:
+        response = await duck.get("/odata/items?$select=id&$filter=" + quote(text), headers=basic())
+        assert response.status < 500 or response.status == 501, (text, response.status)
+        body = await response.json()
+        if response.status == 200:
+            assert {r["id"] for r in body["value"]} <= acme, text
+        else:
+            assert set(body["error"]) >= {"message", "code", "type"}, text

@@ -67,6 +67,7 @@ async def duck(aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[TestClient]
 async def error(client: TestClient, url: str, status: int) -> dict[str, Any]:
     response = await client.get(url, headers=basic())
     assert response.status == status, (url, await response.text())
+    assert response.headers.getall("OData-Version") == ["4.0"]
     body: dict[str, Any] = (await response.json())["error"]
     assert body["message"] and body["code"]
     return body

@@ -12,6 +12,7 @@ Query options we do not implement answer 501, never a silently wrong result.
 from __future__ import annotations
 
 import decimal
+import functools
 import logging
 import secrets
 from typing import Any, Final
@@ -19,6 +20,7 @@ from urllib.parse import urlencode
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from gateway.cache.cached import cached, rows_guarded_entry
 from gateway.config import config_key
@@ -32,7 +34,7 @@ from gateway.data.odata_options import FeedQuery, check_version, ieee754, page_s
 from gateway.data.routes import datasets_key, describe_dataset
 from gateway.data.runner import run_dataset_query
 from gateway.edge.principal import principal_key
-from gateway.errors import BadRequest, Forbidden, NotFound
+from gateway.errors import BadRequest, Forbidden, NotFound, TollwayError
 from gateway.ops.request_usage import usage_key
 from gateway.routing import RouteDef, RouteSpec
 
@@ -268,18 +270,39 @@ async def count(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _odata_errors(handler: Handler) -> Handler:
+    """Errors of the feeds carry ``OData-Version: 4.0`` like their answers."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except TollwayError as error:
+            error.extra_headers = {**error.extra_headers, "OData-Version": "4.0"}
+            raise
+
+    return wrapped
+
+
 def routes() -> list[RouteDef]:
     def spec(summary: str) -> RouteSpec:
         return RouteSpec("odata", "odata", True, summary)
 
     return [
-        RouteDef("GET", "/odata/", service_document, spec("OData service document")),
-        RouteDef("GET", "/odata/$metadata", metadata, spec("OData CSDL metadata (XML)")),
-        RouteDef("GET", "/odata/{dataset}/$count", count, spec("Row count of an entity set")),
+        RouteDef("GET", "/odata/", _odata_errors(service_document), spec("OData service document")),
+        RouteDef(
+            "GET", "/odata/$metadata", _odata_errors(metadata), spec("OData CSDL metadata (XML)")
+        ),
+        RouteDef(
+            "GET",
+            "/odata/{dataset}/$count",
+            _odata_errors(count),
+            spec("Row count of an entity set"),
+        ),
         RouteDef(
             "GET",
             "/odata/{dataset}",
-            entity_set,
+            _odata_errors(entity_set),
             # Limited in the handler: next links of an admitted read count apart.
             RouteSpec("odata", "odata", False, "Rows of an entity set, paged"),
         ),

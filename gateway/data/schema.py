@@ -15,6 +15,7 @@ from sqlglot import exp
 
 from backends.base import QueryResult
 from gateway.data.datasets import Dataset
+from gateway.errors import TollwayError
 
 __all__ = ["describe"]
 
@@ -59,7 +60,10 @@ async def _not_null_columns(dataset: Dataset, run: Run) -> frozenset[str]:
         params: list[Any] = [table.sql(dialect="postgres")]
     else:
         params = [table.name, table.db or None, table.catalog or None]
-    result = await run(sql, params)
+    try:
+        result = await run(sql, params)
+    except TollwayError:  # a catalog we may not read proves nothing: everything nullable
+        return frozenset()
     return frozenset(str(row[0]) for row in result.rows)
 
 

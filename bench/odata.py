@@ -31,7 +31,9 @@ from bench._procs import start
 BENCH_KEY = "tw_bench-odata-0123456789abcdefghijklmno"
 COLUMNS = "id, region, product, amount, ordered_at, qty"
 DUCKDB_TABLE = """
-CREATE TABLE sales AS SELECT i AS id, 'acme' AS tenant_id,
+CREATE TABLE sales (id BIGINT NOT NULL, tenant_id VARCHAR NOT NULL, region VARCHAR,
+    product VARCHAR, amount DECIMAL(12, 2), ordered_at TIMESTAMP, qty INTEGER);
+INSERT INTO sales SELECT i AS id, 'acme' AS tenant_id,
     (['north', 'south', 'east', 'west'])[1 + i % 4] AS region,
     (['widget', 'gadget', 'gizmo'])[1 + (i * 7) % 3] AS product,
     CAST(5 + ((i * 37) % 50000) / 100.0 AS DECIMAL(12, 2)) AS amount,
@@ -170,6 +172,39 @@ async def run(argv: list[str]) -> None:
                 await admin.close()
 
 
+def breakdown(path: Path, position: int, page: int) -> None:
+    """Where a page's time goes, measured in this process on one page mid-table."""
+    names = [c.strip() for c in COLUMNS.split(",")]
+    probe = "SELECT id FROM sales WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT 1 OFFSET $3"
+    rows_sql = (
+        f"SELECT {COLUMNS} FROM sales WHERE tenant_id = $1 AND id > $2 AND id <= $3 "
+        "ORDER BY id LIMIT $4"
+    )
+    timings: dict[str, list[float]] = {"probe": [], "rows": [], "encode": [], "decode": []}
+    with duckdb.connect(str(path), read_only=True) as connection:
+        for _ in range(7):
+            started = time.perf_counter()
+            bound = connection.execute(probe, ["acme", position, page]).fetchone()
+            timings["probe"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            fetched = connection.execute(
+                rows_sql, ["acme", position, bound[0] if bound else position + page, page + 1]
+            ).fetchall()
+            timings["rows"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            body = orjson.dumps(
+                {"value": [dict(zip(names, row, strict=True)) for row in fetched]},
+                default=lambda v: orjson.Fragment(format(v, "f")),
+                option=orjson.OPT_NAIVE_UTC,
+            )
+            timings["encode"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            orjson.loads(body)
+            timings["decode"].append(time.perf_counter() - started)
+    parts = ", ".join(f"{k} {statistics.median(v) * 1000:.1f} ms" for k, v in timings.items())
+    print(f"  one page of {page} rows in this process: {parts} ({len(body) / 1024:.0f} KiB)")
+
+
 async def _measure(
     args: argparse.Namespace, origin: str, path: Path, admin: Any, table: str
 ) -> None:
@@ -183,6 +218,7 @@ async def _measure(
     direct = time.perf_counter() - started
     assert rows == len(fetched) == args.rows, (rows, len(fetched))
     report("DuckDB", rows, total, pages, direct)
+    breakdown(path, args.rows // 2, args.page)
     if admin is None:
         return
     await read_feed(f"{origin}/odata/pg_sales{select}&$top={args.page * 2}", origin)

@@ -170,3 +170,19 @@ async def test_keys_from_basic_auth_and_the_configured_query_parameter(client: T
     paged = await client.get(f"/odata/orders?$select=day&api_key={USER_KEY}")
     link = (await paged.json())["@odata.nextLink"]
     assert USER_KEY not in link and "api_key" not in link
+
+
+async def test_the_key_given_as_a_query_parameter_is_never_logged(
+    client: TestClient, log_lines: Any
+) -> None:
+    response = await client.get(f"/odata/orders?$select=day&api_key={USER_KEY}")
+    assert response.status == 200
+    assert log_lines() and not any(USER_KEY in line for line in log_lines())
+
+
+def test_field_names_must_be_odata_identifiers() -> None:
+    from gateway.config.reader import ConfigError
+
+    dataset = {"backend": "wh", "table": "orders", "dimensions": {"order-date": "ordered_at"}}
+    with pytest.raises(ConfigError, match=r"datasets\.o\.dimensions\.order-date"):
+        make_config({"backends": {"wh": {"type": "duckdb"}}, "datasets": {"o": dataset}})

@@ -219,6 +219,9 @@ def dataset_config(name: str, s: Section) -> DatasetConfig:
 
     def mapping(key: str) -> Mapping[str, str]:
         group = s.section(key)
+        for field_ in group.keys():  # OData property names are SimpleIdentifiers
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", field_):
+                raise ConfigError(group.key_path(field_), "field names are letters, digits and _")
         return MappingProxyType({field_: group.string(field_) for field_ in group.keys()})
 
     config = DatasetConfig(

@@ -186,3 +186,13 @@ def test_field_names_must_be_odata_identifiers() -> None:
     dataset = {"backend": "wh", "table": "orders", "dimensions": {"order-date": "ordered_at"}}
     with pytest.raises(ConfigError, match=r"datasets\.o\.dimensions\.order-date"):
         make_config({"backends": {"wh": {"type": "duckdb"}}, "datasets": {"o": dataset}})
+
+
+async def test_paging_ordered_by_a_metric_returns_every_group_once(client: TestClient) -> None:
+    rows = await all_pages(client, "/odata/orders?$select=day,orders&$orderby=orders desc")
+    days = [r["day"] for r in rows]
+    assert len(days) == len(set(days)) > 7 * 3  # several pages, no group twice
+    counts = [r["orders"] for r in rows]
+    assert counts == sorted(counts, reverse=True)
+    plain = await all_pages(client, "/odata/orders?$select=day,orders")
+    assert sorted(days) == sorted(r["day"] for r in plain)

@@ -33,7 +33,7 @@ from backends.base import (
 )
 from backends.secrets import decrypt_option
 from backends.sql_errors import caller_error
-from gateway.errors import BackendTimeout, BackendUnavailable
+from gateway.errors import BackendTimeout, BackendUnavailable, ResponseTooLarge
 
 __all__ = ["PostgresBackend", "create"]
 
@@ -56,6 +56,8 @@ _CALLER_ERRORS: tuple[tuple[type[Exception], str], ...] = (
     (asyncpg.exceptions.InvalidParameterValueError, "invalid_value"),
     (asyncpg.exceptions.FeatureNotSupportedError, "not_supported"),
 )
+_TOO_LARGE = "tollway:response_too_large"
+"""What `gateway.data.sql_safety.bound_row_size` makes the server fail with."""
 _FIRST_BATCH = 2048
 _LAST_BATCH = 131072
 _UNAVAILABLE = (
@@ -183,6 +185,12 @@ class PostgresBackend:
         except (*_UNAVAILABLE, TimeoutError) as exc:
             raise self._unavailable(exc) from None
         except asyncpg.PostgresError as exc:
+            if _TOO_LARGE in str(getattr(exc, "message", "")):
+                raise ResponseTooLarge(
+                    f"a row of the answer would be larger than {max_bytes} bytes "
+                    f"(max_response_bytes of backend {self.name!r}); nothing was sent",
+                    backend=self.name,
+                ) from None
             code = next((c for kind, c in _CALLER_ERRORS if isinstance(exc, kind)), "query_error")
             raise caller_error(code, str(getattr(exc, "message", "")), sql) from None
 

@@ -162,14 +162,28 @@ def _vm_hwm_kb(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-def test_a_hundred_megabyte_value_is_refused_without_the_process_growing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("backend", "sql"),
+    [
+        ({"type": "duckdb", "demo": True}, "SELECT repeat('x', 100000000) AS big"),
+        # Built from data, so only the server can tell: it fails there, before sending.
+        (
+            {"type": "postgres", "dsn": POSTGRES_DSN},
+            "SELECT repeat('x', n) AS big FROM (VALUES (100000000)) AS t(n)",
+        ),
+    ],
+    ids=["duckdb", "postgres"],
+)
+def test_a_hundred_megabyte_value_is_refused_without_the_process_growing(
+    tmp_path: Path, backend: dict[str, Any], sql: str
+) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     data = base_config_data()
     data["server"]["port"] = port
     data["state"] = f"sqlite:///{tmp_path / 'state.db'}"
-    data["backends"] = {"wh": {"type": "duckdb", "demo": True}}
+    data["backends"] = {"wh": backend}
     config = tmp_path / "tollway.yaml"
     config.write_text(yaml.safe_dump(data))
     server = subprocess.Popen(
@@ -188,7 +202,7 @@ def test_a_hundred_megabyte_value_is_refused_without_the_process_growing(tmp_pat
             except OSError:
                 assert time.monotonic() < deadline, "never came up"
                 time.sleep(0.1)
-        body = orjson.dumps({"backend": "wh", "sql": "SELECT repeat('x', 100000000) AS big"})
+        body = orjson.dumps({"backend": "wh", "sql": sql})
         request = urllib.request.Request(
             f"{base}/v1/query", data=body, headers={**AUTH, "Content-Type": "application/json"}
         )

@@ -21,7 +21,7 @@ from gateway.data.datasets import Dataset, DatasetQuery, build_datasets
 from gateway.data.runner import run_dataset_query, run_sql
 from gateway.data.schema import describe
 from gateway.data.sql_json import encode_result
-from gateway.data.sql_safety import check_read_only, limit_rows
+from gateway.data.sql_safety import bound_row_size, check_read_only, limit_rows
 from gateway.edge.body import read_json
 from gateway.edge.principal import principal_key
 from gateway.errors import BadRequest, Forbidden, NotFound, ResponseTooLarge, TollwayError
@@ -111,7 +111,10 @@ async def query(request: web.Request) -> web.StreamResponse:
         raise _refuse(request, error.code, error) from None
     except ResponseTooLarge as error:
         raise _refuse(request, error.code, error) from None
-    sql = limit_rows(checked, max_rows + 1).sql()
+    limited = limit_rows(checked, max_rows + 1)
+    if guard.backend.dialect == "postgres":  # no huge value ever leaves the server
+        limited = bound_row_size(limited, guard.config.max_response_bytes)
+    sql = limited.sql()
 
     async def produce() -> web.Response:
         result = await run_sql(request, guard, sql, params)

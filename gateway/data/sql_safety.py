@@ -27,7 +27,8 @@ from gateway.errors import BadRequest, ResponseTooLarge
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 __all__ = [
-    "DEFAULT_MAX_DEPTH", "DENIED_FUNCTIONS", "ReadOnlySQL", "check_read_only", "limit_rows",
+    "DEFAULT_MAX_DEPTH", "DENIED_FUNCTIONS", "TOO_LARGE_SENTINEL", "ReadOnlySQL",
+    "bound_row_size", "check_read_only", "limit_rows",
 ]  # fmt: skip
 
 DEFAULT_MAX_DEPTH: Final = 32
@@ -152,6 +153,37 @@ def check_read_only(
                 f"the SQL builds a value larger than {max_value_bytes} bytes (max_response_bytes)"
             )
     return ReadOnlySQL(tree, dialect)
+
+
+TOO_LARGE_SENTINEL: Final = "tollway:response_too_large"
+
+
+def bound_row_size(query: ReadOnlySQL, max_bytes: int) -> ReadOnlySQL:
+    """Postgres only: `query` failing on the server, before a row is sent, when a row's
+    text would pass `max_bytes` — a huge value is built in the database's memory and
+    never reaches Tollway's. The failure is a cast of `TOO_LARGE_SENTINEL` to an integer,
+    which the Postgres backend reads as `ResponseTooLarge`."""
+    alias = exp.to_identifier("tollway_r")
+    row_text = exp.Cast(this=exp.column(alias), to=exp.DataType.build("text"))
+    size = exp.Anonymous(this="octet_length", expressions=[row_text])
+    # The cast must depend on the row: Postgres folds a constant one while planning.
+    text = exp.Case(
+        ifs=[
+            exp.If(
+                this=exp.GT(this=size, expression=exp.Literal.number(max_bytes)),
+                true=exp.Literal.string(TOO_LARGE_SENTINEL),
+            )
+        ],
+        default=exp.Literal.string("1"),
+    )
+    check = exp.Cast(this=text, to=exp.DataType.build("int"))
+    inner = exp.Subquery(this=query.tree.copy(), alias=exp.TableAlias(this=alias))
+    outer = (
+        exp.select(exp.Column(this=exp.Star(), table=alias.copy()))
+        .from_(inner, copy=False)
+        .where(exp.EQ(this=check, expression=exp.Literal.number(1)), copy=False)
+    )
+    return ReadOnlySQL(outer, query.dialect)
 
 
 def _built_size(node: exp.Expr) -> int:

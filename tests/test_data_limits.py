@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.config.reader import ConfigError
-from tests.conftest import USER_KEY, base_config_data, make_config
+from tests.conftest import USER_KEY, base_config_data, make_config, skip_or_fail
 from tests.odata_support import basic, get_json, items_dataset, make_duckdb_items, pg_items
 from tests.services import POSTGRES_DSN
 
@@ -155,6 +155,21 @@ def test_max_response_bytes_and_sql_depth_are_validated() -> None:
         make_config({"backends": {"wh": {"type": "duckdb", "max_sql_depth": 500}}})
 
 
+def _require_postgres() -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def probe() -> None:
+        connection = await asyncpg.connect(POSTGRES_DSN, timeout=3)
+        await connection.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        skip_or_fail(f"Postgres at {POSTGRES_DSN} is not reachable ({type(exc).__name__})")
+
+
 def _vm_hwm_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -177,6 +192,8 @@ def _vm_hwm_kb(pid: int) -> int:
 def test_a_hundred_megabyte_value_is_refused_without_the_process_growing(
     tmp_path: Path, backend: dict[str, Any], sql: str
 ) -> None:
+    if backend["type"] == "postgres":
+        _require_postgres()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])

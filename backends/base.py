@@ -37,6 +37,7 @@ __all__ = [
     "SearchBackend",
     "StreamHead",
     "reject_unknown_options",
+    "rows_bytes",
     "sql_health",
 ]
 
@@ -131,6 +132,29 @@ class QueryResult:
     columns: Sequence[Column]
     rows: Sequence[Sequence[Any]]
     truncated: bool = False
+    too_large: bool = False
+    """Fetching stopped at ``max_bytes``: `rows` are those that fitted, in order."""
+
+
+_SIZED = (str, bytes, bytearray, memoryview)
+_NESTED = (list, tuple, dict, set, frozenset)
+
+
+def rows_bytes(rows: Sequence[Sequence[Any]]) -> int:
+    """About how many bytes `rows` take as JSON, counted column by column: text and binary
+    by their length, nested values by their text, anything else (numbers, times) 24 bytes.
+    Cheap enough for every fetched batch: one pass over the columns whose size varies."""
+    if not rows:
+        return 0
+    width = len(rows[0])
+    total = len(rows) * width * 24
+    for index in range(width):
+        sample = next((row[index] for row in rows if row[index] is not None), None)
+        if isinstance(sample, _SIZED):
+            total += sum(len(row[index]) for row in rows if row[index] is not None)
+        elif isinstance(sample, _NESTED):
+            total += sum(len(str(row[index])) for row in rows if row[index] is not None)
+    return total
 
 
 @runtime_checkable
@@ -215,6 +239,13 @@ class SQLBackend(Backend, Protocol):
     """The sqlglot dialect name: ``postgres`` or ``duckdb``."""
 
     async def query(
-        self, sql: str, params: Sequence[Any], ctx: CallContext, *, timeout_s: float
+        self,
+        sql: str,
+        params: Sequence[Any],
+        ctx: CallContext,
+        *,
+        timeout_s: float,
+        max_bytes: int | None = None,
     ) -> QueryResult:
-        """Run one already-validated read-only statement with bound parameters."""
+        """Run one already-validated read-only statement with bound parameters; with
+        `max_bytes`, stop fetching once the rows would take more (``too_large``)."""

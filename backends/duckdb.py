@@ -12,6 +12,7 @@ Options: ``path`` (a file, or ``:memory:``), ``threads`` (queries at once, defau
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,10 +29,12 @@ from backends.base import (
     OptionError,
     QueryResult,
     reject_unknown_options,
+    rows_bytes,
     sql_health,
 )
 from backends.demo_warehouse import create_demo_tables
-from gateway.errors import BackendTimeout, BackendUnavailable, BadRequest
+from backends.sql_errors import caller_error
+from gateway.errors import BackendTimeout, BackendUnavailable
 
 __all__ = ["DuckDBBackend", "create"]
 
@@ -119,13 +122,20 @@ class DuckDBBackend:
         return await sql_health(self)
 
     async def query(
-        self, sql: str, params: Sequence[Any], ctx: CallContext, *, timeout_s: float
+        self,
+        sql: str,
+        params: Sequence[Any],
+        ctx: CallContext,
+        *,
+        timeout_s: float,
+        max_bytes: int | None = None,
     ) -> QueryResult:
         if self._connection is None or self._executor is None:
             raise BackendUnavailable(f"backend {self.name!r} is not started", backend=self.name)
         cursor = self._connection.cursor()
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, _run, cursor, sql, list(params))
+        run = functools.partial(_run, cursor, sql, list(params), max_bytes)
+        future = loop.run_in_executor(self._executor, run)
         try:
             async with asyncio.timeout(timeout_s):
                 return await asyncio.shield(future)
@@ -141,8 +151,9 @@ class DuckDBBackend:
             raise BackendTimeout("the query was interrupted", backend=self.name) from None
         except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException,
                 duckdb.ConversionException, duckdb.InvalidInputException,
-                duckdb.PermissionException, duckdb.NotImplementedException) as exc:  # fmt: skip
-            raise BadRequest(_message(exc), code="query_error", param="sql") from None
+                duckdb.OutOfRangeException, duckdb.PermissionException,
+                duckdb.NotImplementedException) as exc:  # fmt: skip
+            raise caller_error(_kind(exc), str(exc), sql) from None
         except duckdb.Error as exc:
             raise BackendUnavailable(
                 f"backend {self.name!r} failed: {type(exc).__name__}", backend=self.name
@@ -151,13 +162,64 @@ class DuckDBBackend:
             future.add_done_callback(lambda _: cursor.close())
 
 
-def _run(cursor: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> QueryResult:
+def _run(
+    cursor: duckdb.DuckDBPyConnection, sql: str, params: list[Any], max_bytes: int | None
+) -> QueryResult:
     cursor.execute(sql, params)
     description = cursor.description or []
     columns = [Column(str(d[0]), str(d[1])) for d in description]
-    return QueryResult(columns, cursor.fetchall())
+    if max_bytes is None:
+        return QueryResult(columns, cursor.fetchall())
+    rows: list[Any] = []
+    used = 0
+    batch = _FIRST_BATCH
+    while chunk := cursor.fetchmany(batch):
+        size = rows_bytes(chunk)
+        if used + size > max_bytes:  # keep the rows that fit, in order, and stop
+            for row in chunk:
+                used += rows_bytes([row])
+                if used > max_bytes:
+                    break
+                rows.append(row)
+            return QueryResult(columns, rows, truncated=True, too_large=True)
+        used += size
+        rows += chunk
+        batch = min(batch * 4, _LAST_BATCH)
+    return QueryResult(columns, rows)
 
 
-def _message(exc: duckdb.Error) -> str:
-    text = str(exc).split("\n", 1)[0]
-    return text[:300]
+_FIRST_BATCH = 2048
+_LAST_BATCH = 131072
+
+
+def _kind(exc: duckdb.Error) -> str:
+    """The kind of mistake, from the exception's class and the first words DuckDB uses."""
+    text = str(exc)
+    if isinstance(exc, duckdb.ParserException):
+        return "sql_syntax_error"
+    if isinstance(exc, duckdb.PermissionException):
+        return "permission_denied"
+    if isinstance(exc, duckdb.NotImplementedException):
+        return "not_supported"
+    if "Division by zero" in text:
+        return "division_by_zero"
+    if isinstance(exc, duckdb.ConversionException | duckdb.InvalidInputException |
+                  duckdb.OutOfRangeException):  # fmt: skip
+        return "invalid_value"
+    if isinstance(exc, duckdb.CatalogException):
+        return "function_not_found" if "unction" in text else "table_not_found"
+    for marker, kind in _BINDER_KINDS:
+        if marker in text:
+            return kind
+    return "query_error"
+
+
+_BINDER_KINDS = (
+    ("Referenced column", "column_not_found"),
+    ("not found in FROM clause", "column_not_found"),
+    ("Ambiguous", "ambiguous_column"),
+    ("GROUP BY", "grouping_error"),
+    ("No function matches", "function_not_found"),
+    ("Cannot compare", "type_mismatch"),
+    ("Cannot mix", "type_mismatch"),
+)

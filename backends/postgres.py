@@ -28,30 +28,38 @@ from backends.base import (
     OptionError,
     QueryResult,
     reject_unknown_options,
+    rows_bytes,
     sql_health,
 )
 from backends.secrets import decrypt_option
-from gateway.errors import BackendTimeout, BackendUnavailable, BadRequest
+from backends.sql_errors import caller_error
+from gateway.errors import BackendTimeout, BackendUnavailable, ResponseTooLarge
 
 __all__ = ["PostgresBackend", "create"]
 
 _log = logging.getLogger("tollway.backends.postgres")
 _OWN_OPTIONS = frozenset({"dsn", "dsn_encrypted", "pool"})
-# What the database says about the caller's SQL or values: a 400, not a backend failure.
-_CALLER_ERRORS = (
-    asyncpg.PostgresSyntaxError,
-    asyncpg.UndefinedTableError,
-    asyncpg.UndefinedColumnError,
-    asyncpg.UndefinedFunctionError,
-    asyncpg.DataError,
-    asyncpg.InsufficientPrivilegeError,
-    asyncpg.ReadOnlySQLTransactionError,
-    asyncpg.exceptions.AmbiguousColumnError,
-    asyncpg.exceptions.GroupingError,
-    asyncpg.exceptions.DatatypeMismatchError,
-    asyncpg.exceptions.InvalidParameterValueError,
-    asyncpg.exceptions.DivisionByZeroError,
+# What the database says about the caller's SQL or values: a 400 with a short message and
+# a code (`backends.sql_errors`), not a backend failure; the first match wins.
+_CALLER_ERRORS: tuple[tuple[type[Exception], str], ...] = (
+    (asyncpg.PostgresSyntaxError, "sql_syntax_error"),
+    (asyncpg.UndefinedTableError, "table_not_found"),
+    (asyncpg.UndefinedColumnError, "column_not_found"),
+    (asyncpg.UndefinedFunctionError, "function_not_found"),
+    (asyncpg.exceptions.DivisionByZeroError, "division_by_zero"),
+    (asyncpg.DataError, "invalid_value"),
+    (asyncpg.InsufficientPrivilegeError, "permission_denied"),
+    (asyncpg.ReadOnlySQLTransactionError, "read_only"),
+    (asyncpg.exceptions.AmbiguousColumnError, "ambiguous_column"),
+    (asyncpg.exceptions.GroupingError, "grouping_error"),
+    (asyncpg.exceptions.DatatypeMismatchError, "type_mismatch"),
+    (asyncpg.exceptions.InvalidParameterValueError, "invalid_value"),
+    (asyncpg.exceptions.FeatureNotSupportedError, "not_supported"),
 )
+_TOO_LARGE = "tollway:response_too_large"
+"""What `gateway.data.sql_safety.bound_row_size` makes the server fail with."""
+_FIRST_BATCH = 2048
+_LAST_BATCH = 131072
 _UNAVAILABLE = (
     OSError,
     asyncpg.InterfaceError,
@@ -147,7 +155,13 @@ class PostgresBackend:
         return await sql_health(self)
 
     async def query(
-        self, sql: str, params: Sequence[Any], ctx: CallContext, *, timeout_s: float
+        self,
+        sql: str,
+        params: Sequence[Any],
+        ctx: CallContext,
+        *,
+        timeout_s: float,
+        max_bytes: int | None = None,
     ) -> QueryResult:
         pool = await self._ensure_pool()
         try:
@@ -158,20 +172,27 @@ class PostgresBackend:
                     millis = max(1, int(timeout_s * 1000) - 50)
                     await connection.execute(f"SET LOCAL statement_timeout = {millis}")
                     statement = await connection.prepare(sql)
-                    records = await statement.fetch(*params)
                     attributes = statement.get_attributes()
+                    columns = [Column(a.name, a.type.name) for a in attributes]
+                    if max_bytes is None:
+                        records = await statement.fetch(*params)
+                        return QueryResult(columns, [tuple(record) for record in records])
+                    return await _fetch_within(statement, params, columns, max_bytes)
         except asyncpg.QueryCanceledError:
             raise BackendTimeout(
                 f"the query ran longer than {timeout_s:g}s and was stopped", backend=self.name
             ) from None
-        except _CALLER_ERRORS as exc:
-            raise BadRequest(_message(exc), code="query_error", param="sql") from None
         except (*_UNAVAILABLE, TimeoutError) as exc:
             raise self._unavailable(exc) from None
         except asyncpg.PostgresError as exc:
-            raise BadRequest(_message(exc), code="query_error", param="sql") from None
-        columns = [Column(a.name, a.type.name) for a in attributes]
-        return QueryResult(columns, [tuple(record) for record in records])
+            if _TOO_LARGE in str(getattr(exc, "message", "")):
+                raise ResponseTooLarge(
+                    f"a row of the answer would be larger than {max_bytes} bytes "
+                    f"(max_response_bytes of backend {self.name!r}); nothing was sent",
+                    backend=self.name,
+                ) from None
+            code = next((c for kind, c in _CALLER_ERRORS if isinstance(exc, kind)), "query_error")
+            raise caller_error(code, str(getattr(exc, "message", "")), sql) from None
 
     def _unavailable(self, exc: BaseException) -> BackendUnavailable:
         # The exception's text may hold the host or user of the DSN: only its kind is told.
@@ -182,6 +203,27 @@ class PostgresBackend:
         )
 
 
-def _message(exc: asyncpg.PostgresError) -> str:
-    message = getattr(exc, "message", None) or type(exc).__name__
-    return str(message).splitlines()[0][:300]
+async def _fetch_within(
+    statement: Any, params: Sequence[Any], columns: list[Column], max_bytes: int
+) -> QueryResult:
+    """The rows a batch at a time through a cursor, stopping once they would pass
+    `max_bytes` (the rows that fitted are kept, in order)."""
+    cursor = await statement.cursor(*params)
+    rows: list[tuple[Any, ...]] = []
+    used = 0
+    batch = _FIRST_BATCH
+    while True:
+        chunk = [tuple(record) for record in await cursor.fetch(batch)]
+        size = rows_bytes(chunk)
+        if used + size > max_bytes:
+            for row in chunk:
+                used += rows_bytes([row])
+                if used > max_bytes:
+                    break
+                rows.append(row)
+            return QueryResult(columns, rows, truncated=True, too_large=True)
+        used += size
+        rows += chunk
+        if len(chunk) < batch:
+            return QueryResult(columns, rows)
+        batch = min(batch * 4, _LAST_BATCH)

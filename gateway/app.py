@@ -165,6 +165,7 @@ def create_app(config: Config) -> web.Application:
     app.on_cleanup.append(_close_error_tracker)
     llm.setup(app)
     data.setup(app)
+    odata.setup(app)
     return app
 
 

@@ -23,6 +23,7 @@ Hierarchy::
         │   ├── CircuitOpen           503, the breaker is open; the backend was not called
         │   └── BackendOverloaded     503, the bulkhead is full; the backend was not called
         ├── OutboundLimited           429, the provider's quota would be exceeded
+        ├── ResponseTooLarge          502, the answer would exceed max_response_bytes
         └── BackendTimeout            504 timeout_error
 
 A backend module may import this module and nothing else of `gateway`.
@@ -50,6 +51,7 @@ __all__ = [
     "OutboundLimited",
     "PayloadTooLarge",
     "RateLimited",
+    "ResponseTooLarge",
     "ShuttingDown",
     "TollwayError",
     "Unauthorized",
@@ -252,6 +254,17 @@ class OutboundLimited(BackendError):
     status = 429
     error_type = "rate_limit_error"
     default_code = "upstream_quota"
+    breaker_failure = False
+    retryable = False
+
+
+class ResponseTooLarge(BackendError):
+    """The answer would carry more than the backend's ``max_response_bytes``: refused
+    while it was being fetched (or before, when the SQL alone shows it), never held
+    whole in memory first."""
+
+    status = 502
+    default_code = "response_too_large"
     breaker_failure = False
     retryable = False
 

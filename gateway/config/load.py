@@ -74,7 +74,7 @@ def parse_config(data: Any, *, env: Mapping[str, str], source: str) -> Config:
     server = server_config(root.section("server"))
     limits = limits_config(root.section("limits"))
     cache = cache_config(root.section("cache"))
-    odata = odata_config(root.section("odata"))
+    odata = odata_config(root.section("odata"), env)
     backends = root.each("backends", backend_config)
     models = root.each("models", model_config)
     datasets = root.each("datasets", dataset_config)

@@ -97,6 +97,13 @@ class ODataConfig:
     page_size: int = 5000
     max_page_size: int = 20_000
     key_param: str | None = None
+    skiptoken_secrets: tuple[str, ...] = ()
+    """HMAC secrets for ``$skiptoken`` (the first signs, all verify); empty: per process."""
+    max_filter_depth: int = 50
+    """How deeply a ``$filter`` may nest (parentheses, not, minus, function arguments)."""
+    page_limits: tuple[Rate, ...] = ()
+    """Per key: next-link pages of reads already admitted (their own ceiling, apart from
+    the per-minute limits that admitted the read's first page)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +137,10 @@ class BackendConfig:
     """Data backends: whether ``POST /v1/query`` may send SQL here (datasets always may)."""
     apis: frozenset[str] = frozenset()
     """LLM backends: the OpenAI APIs it serves (`APIS`); set from the provider when unset."""
+    max_response_bytes: int = 64 * 1024 * 1024
+    """Data backends: the most bytes of rows one answer may carry, counted while fetching."""
+    max_sql_depth: int = 32
+    """Data backends: how deeply ``POST /v1/query`` SQL may nest (parentheses, CASE, NOT)."""
     options: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -131,15 +131,35 @@ def cache_config(s: Section) -> CacheConfig:
     return config
 
 
-def odata_config(s: Section) -> ODataConfig:
+DEFAULT_PAGE_LIMITS: Final = ("6000/minute", "200000/hour")
+MAX_FILTER_DEPTH: Final = 100
+"""Past this, parsing and compiling a filter would come near Python's recursion limit."""
+MIN_SECRET_CHARS: Final = 16
+
+
+def odata_config(s: Section, env: Mapping[str, str] | None = None) -> ODataConfig:
     d = ODataConfig()
+    secret = s.string("skiptoken_secret", None)
+    if secret is None:
+        secret = (env or {}).get("TOLLWAY_ODATA_SECRET", "")
+    secrets = tuple(part.strip() for part in secret.split(",") if part.strip())
+    if any(len(part) < MIN_SECRET_CHARS for part in secrets):
+        raise ConfigError(
+            "odata.skiptoken_secret",
+            f"each comma-separated secret needs at least {MIN_SECRET_CHARS} characters",
+        )
     config = ODataConfig(
         page_size=s.number("page_size", d.page_size, integer=True, minimum=1),
         max_page_size=s.number("max_page_size", d.max_page_size, integer=True, minimum=1),
         key_param=s.string("key_param", None),
+        skiptoken_secrets=secrets,
+        max_filter_depth=s.number("max_filter_depth", d.max_filter_depth, integer=True, minimum=1),
+        page_limits=s.rates("page_limits", DEFAULT_PAGE_LIMITS),
     )
     if config.page_size > config.max_page_size:
         raise ConfigError("odata.page_size", "must not exceed odata.max_page_size")
+    if config.max_filter_depth > MAX_FILTER_DEPTH:
+        raise ConfigError("odata.max_filter_depth", f"must be at most {MAX_FILTER_DEPTH}")
     s.reject_unknown()
     return config
 
@@ -150,7 +170,10 @@ _NEVER_CACHED: Final = frozenset({"images", "audio"})
 _BACKEND_COMMON: Final = {
     "type", "timeout_s", "connect_timeout_s", "retries", "breaker", "outbound_limit",
     "outbound_wait_s", "max_in_flight", "required", "max_rows", "raw_sql", "apis",
+    "max_response_bytes", "max_sql_depth",
 }  # fmt: skip
+MAX_SQL_DEPTH: Final = 40
+"""sqlglot's parser takes ~20 Python frames per level: deeper would near the recursion limit."""
 
 _PROVIDER_APIS: Final = {
     "api.openai.com": frozenset(APIS),
@@ -212,11 +235,17 @@ def backend_config(name: str, s: Section) -> BackendConfig:
         max_rows=s.number("max_rows", 10_000, integer=True, minimum=1),
         raw_sql=s.boolean("raw_sql", True),
         apis=_apis(s, "apis", _provider_apis(kind, options)) or frozenset(),
+        max_response_bytes=s.number(
+            "max_response_bytes", 64 * 1024 * 1024, integer=True, minimum=1024
+        ),
+        max_sql_depth=s.number("max_sql_depth", 32, integer=True, minimum=1),
         options=options,
     )
     if config.breaker.max_reset_s < config.breaker.reset_s:
         raise ConfigError(breaker.key_path("max_reset_s"), "must be at least reset_s")
     breaker.reject_unknown()
+    if config.max_sql_depth > MAX_SQL_DEPTH:
+        raise ConfigError(s.key_path("max_sql_depth"), f"must be at most {MAX_SQL_DEPTH}")
     return config
 
 
@@ -244,6 +273,9 @@ def dataset_config(name: str, s: Section) -> DatasetConfig:
 
     def mapping(key: str) -> Mapping[str, str]:
         group = s.section(key)
+        for field_ in group.keys():  # OData property names are SimpleIdentifiers
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", field_):
+                raise ConfigError(group.key_path(field_), "field names are letters, digits and _")
         return MappingProxyType({field_: group.string(field_) for field_ in group.keys()})
 
     config = DatasetConfig(

@@ -9,30 +9,29 @@ so a key restricted to some datasets may not use it, and a backend may turn it o
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from aiohttp import web
 
-from backends.base import CallContext, QueryResult
+from backends.base import QueryResult
 from gateway.cache.cached import cached, rows_guarded_entry
 from gateway.config import config_key
-from gateway.data.datasets import Dataset, DatasetQuery, build_datasets, parse_query
+from gateway.data.dataset_request import parse_query
+from gateway.data.datasets import Dataset, DatasetQuery, build_datasets
+from gateway.data.runner import run_dataset_query, run_sql
+from gateway.data.schema import describe
 from gateway.data.sql_json import encode_result
-from gateway.data.sql_safety import check_read_only, limit_rows
+from gateway.data.sql_safety import bound_row_size, check_read_only, limit_rows
 from gateway.edge.body import read_json
 from gateway.edge.principal import principal_key
-from gateway.edge.request_id import request_id_key
-from gateway.errors import BadRequest, Forbidden, NotFound, TollwayError
+from gateway.errors import BadRequest, Forbidden, NotFound, ResponseTooLarge, TollwayError
 from gateway.ops.metrics import metrics_key
 from gateway.ops.request_usage import usage_key
 from gateway.resilience.guard import Guard
 from gateway.resilience.registry import backends_key
 from gateway.routing import RouteDef, RouteSpec
 
-__all__ = ["datasets_key", "routes", "run_dataset_query", "setup"]
-
-_log = logging.getLogger("tollway.data")
+__all__ = ["datasets_key", "describe_dataset", "routes", "setup"]
 
 datasets_key: web.AppKey[dict[str, Dataset]] = web.AppKey("datasets")
 
@@ -56,24 +55,11 @@ def _refuse(request: web.Request, reason: str, error: TollwayError) -> TollwayEr
     return error
 
 
-async def _run(request: web.Request, guard: Guard[Any], sql: str, params: list[Any]) -> QueryResult:
-    ctx = CallContext(request[request_id_key], request[principal_key].tenant)
-    timeout_s = guard.config.timeout_s
-    _log.debug("query", extra={"backend": guard.name, "sql": sql, "params": len(params)})
-
-    async def once() -> QueryResult:
-        result: QueryResult = await guard.backend.query(sql, params, ctx, timeout_s=timeout_s)
-        return result
-
-    # One second beyond the backend's own timeout: the database stops the query first.
-    return await guard.call(once, deadline=guard.deadline(timeout_s + 1.0))
-
-
 def _answer(
     request: web.Request, guard: Guard[Any], result: QueryResult, max_rows: int
 ) -> web.Response:
     rows = list(result.rows)
-    truncated = len(rows) > max_rows
+    truncated = len(rows) > max_rows or result.too_large
     if truncated:
         del rows[max_rows:]
     usage = request[usage_key]
@@ -115,13 +101,23 @@ async def query(request: web.Request) -> web.StreamResponse:
         raise BadRequest("'params' must be a list of plain values", param="params")
     max_rows = _max_rows(body, guard.config.max_rows)
     try:
-        checked = check_read_only(body.get("sql"), guard.backend.dialect)  # type: ignore[arg-type]
+        checked = check_read_only(
+            body.get("sql"),  # type: ignore[arg-type]
+            guard.backend.dialect,
+            max_depth=guard.config.max_sql_depth,
+            max_value_bytes=guard.config.max_response_bytes,
+        )
     except BadRequest as error:
         raise _refuse(request, error.code, error) from None
-    sql = limit_rows(checked, max_rows + 1).sql()
+    except ResponseTooLarge as error:
+        raise _refuse(request, error.code, error) from None
+    limited = limit_rows(checked, max_rows + 1)
+    if guard.backend.dialect == "postgres":  # no huge value ever leaves the server
+        limited = bound_row_size(limited, guard.config.max_response_bytes)
+    sql = limited.sql()
 
     async def produce() -> web.Response:
-        result = await _run(request, guard, sql, params)
+        result = await run_sql(request, guard, sql, params)
         return _answer(request, guard, result, max_rows)
 
     parts = (guard.name, sql, params, max_rows)
@@ -137,30 +133,16 @@ def _dataset(request: web.Request, name: str) -> Dataset:
     return dataset
 
 
-async def describe(request: web.Request, dataset: Dataset) -> dict[str, str]:
+async def describe_dataset(request: web.Request, dataset: Dataset) -> dict[str, str]:
     """Each field's backend type, asked of the backend once and then remembered."""
-    if not dataset.types:
-        guard = request.app[backends_key].get(dataset.config.backend)
-        sql, params = dataset.describe_query()
-        result = await _run(request, guard, sql, params)
-        dataset.types.update({c.name: c.type for c in result.columns})
-    return dataset.types
-
-
-async def run_dataset_query(
-    request: web.Request, dataset: Dataset, dataset_query: DatasetQuery
-) -> QueryResult:
-    """Run a dataset query for the caller's tenant (used by the OData feeds too)."""
-    await describe(request, dataset)  # filters bind values of the fields' real types
     guard = request.app[backends_key].get(dataset.config.backend)
-    sql, params = dataset.build(dataset_query, request[principal_key].tenant)
-    return await _run(request, guard, sql, params)
+    return await describe(dataset, lambda sql, params: run_sql(request, guard, sql, params))
 
 
 async def list_datasets(request: web.Request) -> web.Response:
     principal = request[principal_key]
     visible = [d for n, d in request.app[datasets_key].items() if principal.may_read_dataset(n)]
-    described = await asyncio.gather(*(describe(request, d) for d in visible))
+    described = await asyncio.gather(*(describe_dataset(request, d) for d in visible))
     data = [
         {
             "name": d.config.name,
@@ -177,6 +159,7 @@ async def query_dataset(request: web.Request) -> web.StreamResponse:
     dataset = _dataset(request, request.match_info["name"])
     guard = request.app[backends_key].get(dataset.config.backend)
     body = await read_json(request)
+    await describe_dataset(request, dataset)  # filter values take the fields' real types
     dataset_query = parse_query(dataset, body, max_rows=guard.config.max_rows)
     limit = dataset_query.limit if dataset_query.limit is not None else guard.config.max_rows
     probe = DatasetQuery(**{**_fields(dataset_query), "limit": limit + 1})

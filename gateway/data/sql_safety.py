@@ -3,6 +3,13 @@ never matched with regular expressions, and rewritten from the parsed tree (comm
 dropped, row limit pushed in), so what runs is exactly what was checked.
 
 The deny list of functions and constructs lives here, in one place.
+
+Depth: sqlglot's parser recurses about twenty Python frames per level of nesting, so a
+statement is first scanned token by token (in a loop) and refused with a 400 when it nests
+deeper than ``max_depth`` levels (parentheses, brackets, CASE blocks and runs of unary
+operators such as ``NOT NOT …`` or ``- - …``; default 32, ``backends.*.max_sql_depth``).
+Long flat input — a thousand ``OR`` terms, an ``IN`` list of thousands — is not nesting and
+is parsed in loops. A RecursionError that still escapes sqlglot is a 400 too, never a 500.
 """
 
 from __future__ import annotations
@@ -11,15 +18,25 @@ import logging
 from typing import Final
 
 import sqlglot
-from sqlglot import exp
+from sqlglot import TokenType, exp
 from sqlglot.errors import ParseError, TokenError
 
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, ResponseTooLarge
 
 # sqlglot warns about statements it parses as raw commands; those are refused anyway.
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
-__all__ = ["DENIED_FUNCTIONS", "ReadOnlySQL", "check_read_only", "limit_rows"]
+__all__ = [
+    "DEFAULT_MAX_DEPTH", "DENIED_FUNCTIONS", "TOO_LARGE_SENTINEL", "ReadOnlySQL",
+    "bound_row_size", "check_read_only", "limit_rows",
+]  # fmt: skip
+
+DEFAULT_MAX_DEPTH: Final = 32
+_OPENING: Final = frozenset({TokenType.L_PAREN, TokenType.L_BRACKET, TokenType.L_BRACE,
+                             TokenType.CASE})  # fmt: skip
+_CLOSING: Final = frozenset({TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.R_BRACE,
+                             TokenType.END})  # fmt: skip
+_UNARY: Final = frozenset({TokenType.NOT, TokenType.DASH, TokenType.PLUS, TokenType.TILDE})
 
 # Functions that read or write files, call out of the database, change state or
 # settings, or run SQL from a string. Names are lower case, compared without schema.
@@ -70,17 +87,53 @@ class ReadOnlySQL:
         self.dialect = dialect
 
     def sql(self) -> str:
-        return self.tree.sql(dialect=self.dialect, comments=False)
+        try:
+            return self.tree.sql(dialect=self.dialect, comments=False)
+        except RecursionError:
+            raise _too_deep(DEFAULT_MAX_DEPTH) from None
 
 
-def check_read_only(sql: str, dialect: str) -> ReadOnlySQL:
+def nesting(sql: str, dialect: str) -> int:
+    """How deeply `sql` nests, counted over its tokens in one loop (no recursion)."""
+    depth = deepest = run = 0
+    for token in sqlglot.tokenize(sql, read=dialect):
+        kind = token.token_type
+        if kind in _OPENING:
+            depth += 1
+        elif kind in _CLOSING:
+            depth = max(0, depth - 1)
+        run = run + 1 if kind in _UNARY else 0
+        deepest = max(deepest, depth + run)
+    return deepest
+
+
+def _too_deep(max_depth: int) -> BadRequest:
+    return BadRequest(
+        f"the SQL nests more than {max_depth} levels deep (parentheses, CASE, NOT or minus); "
+        "write it flatter",
+        code="sql_too_deep",
+        param="sql",
+    )
+
+
+def check_read_only(
+    sql: str,
+    dialect: str,
+    *,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_value_bytes: int | None = None,
+) -> ReadOnlySQL:
     """The one read-only statement in `sql`, or `BadRequest` saying why not."""
     if not isinstance(sql, str) or not sql.strip():
         raise BadRequest("'sql' must be a non-empty string", param="sql")
     try:
+        if nesting(sql, dialect) > max_depth:
+            raise _too_deep(max_depth)
         statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
     except (ParseError, TokenError) as exc:
         raise BadRequest(f"the SQL could not be parsed: {_first_line(exc)}", param="sql") from None
+    except RecursionError:
+        raise _too_deep(max_depth) from None
     if len(statements) != 1:
         raise BadRequest("exactly one SQL statement is allowed", code="sql_refused", param="sql")
     tree = statements[0]
@@ -95,7 +148,84 @@ def check_read_only(sql: str, dialect: str) -> ReadOnlySQL:
                 raise _refused(f"the function {name}() is not allowed")
         if isinstance(node, exp.Table) and _looks_like_a_path(node):
             raise _refused("reading files is not allowed")
+        if max_value_bytes is not None and _built_size(node) > max_value_bytes:
+            raise ResponseTooLarge(
+                f"the SQL builds a value larger than {max_value_bytes} bytes (max_response_bytes)"
+            )
     return ReadOnlySQL(tree, dialect)
+
+
+TOO_LARGE_SENTINEL: Final = "tollway:response_too_large"
+
+
+def bound_row_size(query: ReadOnlySQL, max_bytes: int) -> ReadOnlySQL:
+    """Postgres only: `query` failing on the server, before a row is sent, when a row's
+    text would pass `max_bytes` — a huge value is built in the database's memory and
+    never reaches Tollway's. The failure is a cast of `TOO_LARGE_SENTINEL` to an integer,
+    which the Postgres backend reads as `ResponseTooLarge`."""
+    alias = exp.to_identifier("tollway_r")
+    row_text = exp.Cast(this=exp.column(alias), to=exp.DataType.build("text"))
+    size = exp.Anonymous(this="octet_length", expressions=[row_text])
+    # The cast must depend on the row: Postgres folds a constant one while planning.
+    text = exp.Case(
+        ifs=[
+            exp.If(
+                this=exp.GT(this=size, expression=exp.Literal.number(max_bytes)),
+                true=exp.Literal.string(TOO_LARGE_SENTINEL),
+            )
+        ],
+        default=exp.Literal.string("1"),
+    )
+    check = exp.Cast(this=text, to=exp.DataType.build("int"))
+    inner = exp.Subquery(this=query.tree.copy(), alias=exp.TableAlias(this=alias))
+    outer = (
+        exp.select(exp.Column(this=exp.Star(), table=alias.copy()))
+        .from_(inner, copy=False)
+        .where(exp.EQ(this=check, expression=exp.Literal.number(1)), copy=False)
+    )
+    return ReadOnlySQL(outer, query.dialect)
+
+
+def _built_size(node: exp.Expr) -> int:
+    """The size of a string a generator builds from constants (repeat, lpad, rpad, space),
+    or 0 when it is not known before running."""
+    if isinstance(node, exp.Repeat):
+        times = _constant(node.args.get("times"))
+        text = node.this
+        unit = len(text.this) if isinstance(text, exp.Literal) and text.is_string else 1
+        return int(times * unit) if times is not None else 0
+    if isinstance(node, exp.Pad):
+        length = _constant(node.expression)
+        return int(length) if length is not None else 0
+    if isinstance(node, exp.Space):
+        count = _constant(node.this)
+        return int(count) if count is not None else 0
+    return 0
+
+
+def _constant(node: exp.Expr | None, depth: int = 0) -> float | None:
+    """A number written with constants and + - * /, or None."""
+    if node is None or depth > 8:
+        return None
+    if isinstance(node, exp.Literal) and not node.is_string:
+        try:
+            return float(node.this)
+        except ValueError:
+            return None
+    if isinstance(node, exp.Paren | exp.Cast):
+        return _constant(node.this, depth + 1)
+    if isinstance(node, exp.Add | exp.Sub | exp.Mul | exp.Div):
+        left, right = _constant(node.this, depth + 1), _constant(node.expression, depth + 1)
+        if left is None or right is None:
+            return None
+        if isinstance(node, exp.Add):
+            return left + right
+        if isinstance(node, exp.Sub):
+            return left - right
+        if isinstance(node, exp.Mul):
+            return left * right
+        return left / right if right else None
+    return None
 
 
 def limit_rows(query: ReadOnlySQL, rows: int) -> ReadOnlySQL:

@@ -1,0 +1,232 @@
+"""OData feeds read to the end: a 1,000,000-row DuckDB dataset and a 1,000,000-row Postgres
+table, every page followed through its signed keyset ``$skiptoken``, against the backend
+producing the same rows in-process, in the same run.
+
+Printed per backend: rows/second through Tollway, the whole read against the in-process
+read (goal <= 2x), and the time of the last pages against the first (goal <= 1.2x: keyset
+paging keeps page N as cheap as page 1, where OFFSET grows with N).
+
+    python -m bench odata [--rows N] [--page N] [--dsn postgresql://...] [--no-postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import duckdb
+import orjson
+from aiohttp import web
+
+from bench._procs import start
+
+BENCH_KEY = "tw_bench-odata-0123456789abcdefghijklmno"
+COLUMNS = "id, region, product, amount, ordered_at, qty"
+DUCKDB_TABLE = """
+CREATE TABLE sales (id BIGINT NOT NULL, tenant_id VARCHAR NOT NULL, region VARCHAR,
+    product VARCHAR, amount DECIMAL(12, 2), ordered_at TIMESTAMP, qty INTEGER);
+INSERT INTO sales SELECT i AS id, 'acme' AS tenant_id,
+    (['north', 'south', 'east', 'west'])[1 + i % 4] AS region,
+    (['widget', 'gadget', 'gizmo'])[1 + (i * 7) % 3] AS product,
+    CAST(5 + ((i * 37) % 50000) / 100.0 AS DECIMAL(12, 2)) AS amount,
+    TIMESTAMP '2026-01-01' + to_seconds(i * 13) AS ordered_at, i % 50 AS qty
+FROM range(1, {rows} + 1) AS t(i) ORDER BY i
+"""
+POSTGRES_TABLE = """
+CREATE TABLE {table} AS SELECT i::bigint AS id, 'acme'::text AS tenant_id,
+    (ARRAY['north', 'south', 'east', 'west'])[1 + i % 4] AS region,
+    (ARRAY['widget', 'gadget', 'gizmo'])[1 + (i * 7) % 3] AS product,
+    (5 + ((i * 37) % 50000) / 100.0)::numeric(12, 2) AS amount,
+    TIMESTAMP '2026-01-01' + make_interval(secs => i * 13) AS ordered_at, (i % 50)::int AS qty
+FROM generate_series(1, {rows}) AS i
+"""
+
+
+def dataset(backend: str, table: str) -> dict[str, Any]:
+    names = [c.strip() for c in COLUMNS.split(",")]
+    return {
+        "backend": backend, "table": table, "tenant_column": "tenant_id", "key": ["id"],
+        "dimensions": {n: n for n in names}, "metrics": {},
+    }  # fmt: skip
+
+
+def tollway_app(duckdb_path: str, dsn: str | None, table: str, page: int) -> web.Application:
+    from gateway.app import create_app
+    from gateway.config import parse_config
+    from gateway.config.keyhash import hash_key
+    from gateway.ops.logs import configure_logging
+
+    configure_logging("warning", stream=open(os.devnull, "w"))  # noqa: SIM115
+    backends: dict[str, Any] = {"duck": {"type": "duckdb", "path": duckdb_path, "timeout_s": 60}}
+    datasets = {"duck_sales": dataset("duck", "sales")}
+    if dsn is not None:
+        backends["pg"] = {"type": "postgres", "dsn": dsn, "timeout_s": 60, "pool": {"max": 2}}
+        datasets["pg_sales"] = dataset("pg", table)
+    config = parse_config(
+        {
+            "server": {"host": "127.0.0.1", "port": 0},
+            "limits": {
+                "default": ["1000000/minute"],
+                "routes": {"odata": ["1000000/minute"]},
+                "per_ip_authenticated": ["1000000000/hour"],
+            },
+            "cache": {"routes": []},  # the database every time, not the cache
+            "odata": {"page_size": page, "max_page_size": max(page, 20_000)},
+            "backends": backends,
+            "datasets": datasets,
+            "keys": [
+                {"id": "bench", "hash": hash_key(BENCH_KEY), "tenant": "acme", "scopes": ["odata"]}
+            ],
+        },
+        env={},
+        source="bench",
+    )
+    return create_app(config)
+
+
+async def read_feed(url: str, origin: str) -> tuple[float, list[float], int]:
+    """Follow every next link; the whole time, each page's time, and the rows read."""
+    headers = {"Authorization": f"Bearer {BENCH_KEY}", "Accept-Encoding": "identity"}
+    pages: list[float] = []
+    rows = 0
+    last_id = 0
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as session:
+        next_url: str | None = url
+        while next_url is not None:
+            began = time.perf_counter()
+            async with session.get(next_url, headers=headers) as response:
+                body = await response.read()
+                if response.status != 200:
+                    raise RuntimeError(body.decode()[:300])
+            page = orjson.loads(body)
+            pages.append(time.perf_counter() - began)
+            values = page["value"]
+            if values and values[0]["id"] <= last_id:
+                raise RuntimeError("a row came twice or out of order")
+            last_id = values[-1]["id"] if values else last_id
+            rows += len(values)
+            next_url = page.get("@odata.nextLink")
+    return time.perf_counter() - started, pages, rows
+
+
+def report(name: str, rows: int, total: float, pages: list[float], direct: float) -> None:
+    edge = max(1, min(5, len(pages) // 4))
+    first = statistics.median(pages[:edge])
+    last = statistics.median(pages[-edge - 1 : -1] if len(pages) > edge + 1 else pages[-edge:])
+    print(f"{name}: {rows:,} rows in {len(pages)} pages, {total:.2f} s, {rows / total:,.0f} rows/s")
+    print(f"  in-process, same rows: {direct:.2f} s ({rows / direct:,.0f} rows/s)")
+    print(f"  whole read / in-process: {total / direct:.2f}x (goal <= 2x)")
+    print(
+        f"  last pages / first pages (median of {edge} full pages each): {first * 1000:.1f} ms "
+        f"-> {last * 1000:.1f} ms = {last / first:.2f}x (goal <= 1.2x)"
+    )
+
+
+async def run(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench odata")
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--page", type=int, default=5000)
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get(
+            "TOLLWAY_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args(argv)
+    schema = f"tw_bench_odata_{os.getpid()}"
+    table = f"{schema}.sales"
+    admin: asyncpg.Connection | None = None
+    if not args.no_postgres:
+        try:
+            admin = await asyncpg.connect(args.dsn, timeout=5)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            print(f"Postgres at {args.dsn} is not reachable ({type(exc).__name__}): skipped")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "sales.duckdb"
+        with duckdb.connect(str(path)) as connection:
+            connection.execute(DUCKDB_TABLE.format(rows=args.rows))
+        if admin is not None:
+            await admin.execute(f"CREATE SCHEMA {schema}")
+            await admin.execute(POSTGRES_TABLE.format(table=table, rows=args.rows))
+            await admin.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (id)")
+            await admin.execute(f"ANALYZE {table}")
+        server = start(
+            tollway_app, str(path), args.dsn if admin is not None else None, table, args.page
+        )
+        try:
+            await _measure(args, server.url(""), path, admin, table)
+        finally:
+            server.stop()
+            if admin is not None:
+                await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+                await admin.close()
+
+
+def breakdown(path: Path, position: int, page: int) -> None:
+    """Where a page's time goes, measured in this process on one page mid-table."""
+    names = [c.strip() for c in COLUMNS.split(",")]
+    probe = "SELECT id FROM sales WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT 1 OFFSET $3"
+    rows_sql = (
+        f"SELECT {COLUMNS} FROM sales WHERE tenant_id = $1 AND id > $2 AND id <= $3 "
+        "ORDER BY id LIMIT $4"
+    )
+    timings: dict[str, list[float]] = {"probe": [], "rows": [], "encode": [], "decode": []}
+    with duckdb.connect(str(path), read_only=True) as connection:
+        for _ in range(7):
+            started = time.perf_counter()
+            bound = connection.execute(probe, ["acme", position, page]).fetchone()
+            timings["probe"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            fetched = connection.execute(
+                rows_sql, ["acme", position, bound[0] if bound else position + page, page + 1]
+            ).fetchall()
+            timings["rows"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            body = orjson.dumps(
+                {"value": [dict(zip(names, row, strict=True)) for row in fetched]},
+                default=lambda v: orjson.Fragment(format(v, "f")),
+                option=orjson.OPT_NAIVE_UTC,
+            )
+            timings["encode"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            orjson.loads(body)
+            timings["decode"].append(time.perf_counter() - started)
+    parts = ", ".join(f"{k} {statistics.median(v) * 1000:.1f} ms" for k, v in timings.items())
+    print(f"  one page of {page} rows in this process: {parts} ({len(body) / 1024:.0f} KiB)")
+
+
+async def _measure(
+    args: argparse.Namespace, origin: str, path: Path, admin: Any, table: str
+) -> None:
+    select = f"?$select={COLUMNS.replace(' ', '')}"
+    await read_feed(f"{origin}/odata/duck_sales{select}&$top={args.page * 2}", origin)  # warm up
+    total, pages, rows = await read_feed(f"{origin}/odata/duck_sales{select}", origin)
+    sql = f"SELECT {COLUMNS} FROM sales WHERE tenant_id = 'acme' ORDER BY id"
+    started = time.perf_counter()
+    with duckdb.connect(str(path), read_only=True) as connection:
+        fetched = connection.execute(sql).fetchall()
+    direct = time.perf_counter() - started
+    assert rows == len(fetched) == args.rows, (rows, len(fetched))
+    report("DuckDB", rows, total, pages, direct)
+    breakdown(path, args.rows // 2, args.page)
+    if admin is None:
+        return
+    await read_feed(f"{origin}/odata/pg_sales{select}&$top={args.page * 2}", origin)
+    total, pages, rows = await read_feed(f"{origin}/odata/pg_sales{select}", origin)
+    started = time.perf_counter()
+    records = await admin.fetch(sql.replace("FROM sales", f"FROM {table}"))
+    fetched = [tuple(record) for record in records]
+    direct = time.perf_counter() - started
+    assert rows == len(fetched) == args.rows, (rows, len(fetched))
+    report("Postgres", rows, total, pages, direct)
+    await asyncio.sleep(0)

@@ -6,12 +6,14 @@ the request id, security headers, and the rate limit state of the request's key.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Final
 
 from aiohttp import web
 
+from gateway.config.rates import Rate
 from gateway.edge.request_id import request_id_key, started_key
 from gateway.ops.request_usage import usage_key
 from gateway.resilience.limiter import Decision
@@ -26,12 +28,16 @@ _SECURITY: Final = {
 _JSON_CSP: Final = "default-src 'none'; frame-ancestors 'none'"
 
 
+@functools.lru_cache(maxsize=4096)
+def _policies(rates: tuple[Rate, ...]) -> str:
+    return ", ".join(
+        f'"{rate.policy_name}";q={rate.count};w={math.ceil(rate.period_s)}' for rate in rates
+    )
+
+
 def rate_limit_headers(decision: Decision) -> dict[str, str]:
     """The IETF pair (draft-10: ``RateLimit-Policy`` and ``RateLimit``) and the legacy trio."""
-    policies = ", ".join(
-        f'"{w.rate.policy_name}";q={w.rate.count};w={math.ceil(w.rate.period_s)}'
-        for w in decision.windows
-    )
+    policies = _policies(tuple(w.rate for w in decision.windows))
     tight = decision.tightest
     reset = max(0, math.ceil(tight.reset_s))
     return {

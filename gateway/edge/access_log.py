@@ -15,7 +15,6 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.edge.client_ip import request_ip
 from gateway.ops.logs import AccessLines
 from gateway.ops.metrics import Metrics
 from gateway.ops.request_usage import RequestUsage
@@ -79,7 +78,8 @@ class AccessLog:
 
     def record(
         self,
-        request: web.Request,
+        method: str,
+        client_ip: str,
         meter: RouteMeter,
         route_class: str | None,
         usage: RequestUsage,
@@ -87,7 +87,6 @@ class AccessLog:
         elapsed: float,
         response: web.StreamResponse | None,
     ) -> None:
-        method = request.method
         meter.observe(method, status, elapsed)
         bytes_out = _bytes_out(response)
         latency_ms = round(elapsed * 1000, 3)
@@ -99,7 +98,7 @@ class AccessLog:
                     "status": status, "backend": usage.backend, "model": usage.model,
                     "tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out,
                     "latency_ms": latency_ms, "bytes_out": bytes_out,
-                    "client_ip": request_ip(request),
+                    "client_ip": client_ip,
                 }
             )  # fmt: skip
         if usage.key_id is not None and self._usage is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.config import LimitsConfig
-from gateway.edge.headers import limit_decision_key
+from gateway.edge.request_state import request_state_key
 from gateway.errors import RateLimited
 from gateway.ops.metrics import Metrics
 from gateway.resilience.limiter import Decision, Limiter, Window
@@ -60,7 +60,7 @@ class IpLimits:
         await self._limiter.hit(windows)
 
     def _refuse(self, request: web.Request, decision: Decision, route_class: str) -> RateLimited:
-        request[limit_decision_key] = decision
+        request[request_state_key].limits = decision
         self._metrics.limit_rejections.labels("ip", route_class).inc()
         return RateLimited(
             "too many requests without a valid key from this address; retry later",

@@ -30,7 +30,8 @@ from gateway.edge.error_answers import error_response, from_http_exception, unex
 from gateway.edge.ip_limit import IpLimits
 from gateway.edge.principal import principal_key
 from gateway.edge.rate_limit import RateLimits
-from gateway.edge.request_id import RequestIds, request_id_key, started_key
+from gateway.edge.request_id import RequestIds, request_id_key
+from gateway.edge.request_state import RequestState, request_state_key
 from gateway.errors import TollwayError, Unauthorized
 from gateway.ops.error_tracking import ErrorTracker
 from gateway.ops.metrics import Metrics
@@ -124,9 +125,10 @@ class Pipeline:
         started = time.perf_counter()
         request_id = self._ids.for_request(request.headers.get("X-Request-ID"))
         usage = RequestUsage(request_id=request_id)
+        state = RequestState(started, usage, request_ip(request))
         request[request_id_key] = request_id
-        request[started_key] = started
         request[usage_key] = usage
+        request[request_state_key] = state
         token = current_usage.set(usage)
         plan = self._plan_of(request)
         in_flight = self.access_log.in_flight
@@ -134,7 +136,7 @@ class Pipeline:
         status = 500
         response: web.StreamResponse | None = None
         try:
-            response = await self._answer(request, handler, plan, usage)
+            response = await self._answer(request, handler, plan, state)
             if self._compressor is not None:
                 await self._compressor.compress(request, response)
             status = usage.status or response.status
@@ -148,16 +150,18 @@ class Pipeline:
             in_flight.dec()
             elapsed = time.perf_counter() - started
             self.access_log.record(
-                request, plan.meter, plan.route_class, usage, status, elapsed, response
-            )
+                request.method, state.client_ip, plan.meter, plan.route_class, usage, status,
+                elapsed, response,
+            )  # fmt: skip
             current_usage.reset(token)
 
     async def _answer(
-        self, request: web.Request, handler: Handler, plan: RoutePlan, usage: RequestUsage
+        self, request: web.Request, handler: Handler, plan: RoutePlan, state: RequestState
     ) -> web.StreamResponse:
         """The route's answer after the checks, or the error answer in the one shape."""
+        usage = state.usage
         try:
-            return await self._checked(request, handler, plan, usage)
+            return await self._checked(request, handler, plan, state)
         except TollwayError as error:
             return error_response(error, usage.request_id, tavily_shape=plan.tavily_errors)
         except web.HTTPException as exc:
@@ -175,12 +179,13 @@ class Pipeline:
             return error_response(bug, usage.request_id, tavily_shape=plan.tavily_errors)
 
     async def _checked(
-        self, request: web.Request, handler: Handler, plan: RoutePlan, usage: RequestUsage
+        self, request: web.Request, handler: Handler, plan: RoutePlan, state: RequestState
     ) -> web.StreamResponse:
         spec = plan.spec
+        usage = state.usage
         self._body_limits.check(request, spec)
         key = presented_key(request, basic=False)
-        ip = request_ip(request) if plan.ip_limited or plan.rate_limited else ""
+        ip = state.client_ip
         ip_windows = self._ip_limits.windows(ip) if plan.ip_limited else ()
         if ip_windows:
             keyed = key is not None or presented_key(request, basic=True) is not None

@@ -12,8 +12,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.config import LimitsConfig
-from gateway.edge.headers import limit_decision_key
 from gateway.edge.principal import Principal
+from gateway.edge.request_state import request_state_key
 from gateway.errors import RateLimited
 from gateway.ops.metrics import Metrics
 from gateway.resilience.limiter import Decision, Limiter, Window
@@ -70,7 +70,7 @@ class RateLimits:
             # The headers describe the key's own limits; the address's ceiling shows
             # only when it is what refuses.
             decision = Decision(True, decision.windows[: len(key_windows)])
-        request[limit_decision_key] = decision
+        request[request_state_key].limits = decision
         if not decision.allowed:
             refused_by_key = any(w.remaining == 0 for w in decision.windows[: len(key_windows)])
             limit = "key" if refused_by_key else "ip"

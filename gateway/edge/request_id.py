@@ -14,11 +14,9 @@ from typing import Final
 
 from aiohttp import web
 
-__all__ = ["RequestIds", "request_id_key", "started_key"]
+__all__ = ["RequestIds", "request_id_key"]
 
 request_id_key = web.RequestKey("request_id", str)
-started_key = web.RequestKey("started", float)
-"""`time.perf_counter()` when the request reached the front door."""
 
 _SANE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 

@@ -401,3 +401,32 @@ async def test_the_first_byte_may_take_longer_than_the_gaps_after_it(serve: Any)
                 await anext(chunks)
     finally:
         await pool.close()
+
+
+def test_the_pool_works_on_uvloop_as_tollway_serves() -> None:
+    import uvloop
+
+    async def exchange() -> list[bytes]:
+        async def hello(request: web.Request) -> web.Response:
+            return web.Response(body=await request.read())
+
+        server = TestServer(_app(hello), host="127.0.0.1")
+        await server.start_server()
+        pool = Pool(str(server.make_url("")))
+        try:
+            bodies = []
+            for n in range(3):
+                async with await pool.request("POST", "/", b"%d" % n) as answer:
+                    bodies.append(await answer.read())
+            return bodies
+        finally:
+            await pool.close()
+            await server.close()
+
+    assert uvloop.run(exchange()) == [b"0", b"1", b"2"]
+
+
+def _app(handler: Handler) -> web.Application:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return app

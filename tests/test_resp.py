@@ -107,3 +107,17 @@ async def test_a_lost_connection_fails_what_was_in_flight_and_reconnects(
 def test_a_url_that_is_not_redis_is_refused() -> None:
     with pytest.raises(ValueError, match="redis://"):
         RespClient("http://127.0.0.1:6379")
+
+
+def test_the_client_works_on_uvloop_as_tollway_serves(redis_prefix: str) -> None:
+    import uvloop
+
+    async def exchange() -> Any:
+        redis = RespClient(REDIS_URL)
+        try:
+            await redis.command("SET", f"{redis_prefix}uv", "ok")
+            return await redis.command("GET", f"{redis_prefix}uv")
+        finally:
+            await redis.close()
+
+    assert uvloop.run(exchange()) == b"ok"

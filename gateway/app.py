@@ -96,7 +96,11 @@ def create_app(config: Config) -> web.Application:
     metrics = Metrics()
     key_table = KeyTable.from_config(config.keys)
     redis = SharedRedis(config.redis, metrics, prefix=config.redis_prefix) if config.redis else None
-    limiter: Limiter = RedisLimiter(redis, metrics) if redis else LocalLimiter()
+    limiter: Limiter = (
+        RedisLimiter(redis, metrics, lease_s=config.limits.redis_lease_s)
+        if redis
+        else LocalLimiter()
+    )
     errors = ErrorTracker(server.sentry_dsn, release=__version__)
 
     # The front door, in the order a request meets it (`gateway.edge.pipeline`).

@@ -106,3 +106,15 @@ async def test_concurrent_requests_share_one_lease_instead_of_each_taking_one(
     results = await asyncio.gather(*(limiter.hit(high) for _ in range(1000)))
     assert all(decision.allowed for decision in results)
     assert decided(metrics, "redis") == 4  # ceil(1000 / 256), not 1000
+
+
+async def test_leases_can_be_turned_off(redis_prefix: str) -> None:
+    metrics = Metrics()
+    redis = SharedRedis(REDIS_URL, metrics, prefix=redis_prefix, timeout_s=2)
+    limiter = RedisLimiter(redis, metrics, lease_s=0)
+    try:
+        for _ in range(20):
+            await limiter.hit(windows("100000000/minute"))
+        assert decided(metrics, "redis") == 20 and decided(metrics, "lease") == 0
+    finally:
+        await redis.close()

@@ -51,6 +51,10 @@ class Leases:
         self._clock = clock
         self._leases: dict[tuple[str, ...], _Lease] = {}
 
+    @property
+    def on(self) -> bool:
+        return self._lease_s > 0
+
     def keep(self, windows: Sequence[Window], left: int, states: tuple[WindowState, ...]) -> None:
         """Requests taken beyond the one admitted now, for the next ones to spend."""
         now = self._clock()

@@ -135,8 +135,9 @@ class RedisLimiter:
     async def hit(self, windows: Sequence[Window], cost: int = 1) -> Decision:
         if not windows:
             return Decision(True, ())
-        take = lease_size(windows) if cost == 1 else cost
-        if take <= 1 and (cost != 0 or lease_size(windows) <= 1):
+        size = lease_size(windows) if self.leases.on else 1
+        take = size if cost == 1 else cost
+        if size <= 1:
             return await self._ask(windows, cost, take)  # not leased: Redis decides each
         lease_key = tuple(w.key for w in windows)
         leased = self.leases.spend(lease_key, cost)

@@ -35,6 +35,8 @@ class FakeProvider:
         self._scripts: dict[str, deque[str]] = defaultdict(deque)
         self.disconnected = asyncio.Event()
         self.stream_gap_s = 0.0
+        self.stream_pieces: list[str] = ["Hel", "lo", " there"]
+        """The content deltas of a streamed answer, one event each (`stream_gap_s` apart)."""
         self.first_event_delay_s = 2.0
         self.hang_s = 30.0
         self.slow_s = 0.3
@@ -136,7 +138,7 @@ class FakeProvider:
         try:
             if mode == "slow-first":
                 await asyncio.sleep(self.first_event_delay_s)
-            for index, piece in enumerate(["Hel", "lo", " there"]):
+            for index, piece in enumerate(self.stream_pieces):
                 if mode == "malformed" and index == 1:
                     await response.write(b"data: {not json\n\n")
                     continue

@@ -173,6 +173,8 @@ async def test_a_stream_ended_for_shutdown_gets_an_error_event_and_a_proper_end(
     service = client.app[state_service_key]
     await service.usage.flush()
     rows = await service.store.fetch(
-        "SELECT status, tokens_out FROM tollway_usage WHERE request_id = ?", ("drain-1",)
+        "SELECT status, outcome, tokens_out FROM tollway_usage WHERE request_id = ?",
+        ("drain-1",),
     )
-    assert [tuple(r) for r in rows] == [(503, 0)]
+    # cut by shutdown, with the one content chunk relayed so far as its output tokens
+    assert [tuple(r) for r in rows] == [(503, "shutdown", 1)]

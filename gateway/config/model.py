@@ -43,7 +43,16 @@ class ServerConfig:
     port: int = 8080
     max_body_bytes: int = 16 * 1024 * 1024
     shutdown_timeout_s: float = 30.0
+    stream_drain_share: float = 0.9
+    """The share of `shutdown_timeout_s` open streams may run on after SIGTERM before each
+    is ended with an in-band ``server_shutting_down`` event (the rest writes that event and
+    flushes usage)."""
+    drain_idle_s: float = 2.0
+    """After SIGTERM, a kept-alive connection is closed once it has been idle this long
+    (requests arriving on it meanwhile are answered, with ``Connection: close``)."""
     keepalive_timeout_s: float = 75.0
+    """Longer than the proxy's upstream keep-alive (nginx ``keepalive_timeout``), so the
+    proxy, not Tollway, closes idle connections in normal operation."""
     cors_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ("127.0.0.1",)
     console: bool = False
@@ -60,6 +69,9 @@ class ServerConfig:
     max_header_bytes: int = 8190
     max_headers: int = 100
     header_timeout_s: float = 15.0
+    refusal_logs_per_minute: int = 10
+    """Requests the HTTP parser refuses: at most this many WARNING lines a minute per client
+    address (every refusal is still counted in ``tollway_http_refusals_total``)."""
 
 
 @dataclass(frozen=True, slots=True)

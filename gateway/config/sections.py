@@ -47,6 +47,8 @@ def server_config(s: Section) -> ServerConfig:
         port=s.number("port", d.port, integer=True, minimum=0),
         max_body_bytes=s.number("max_body_bytes", d.max_body_bytes, integer=True, minimum=1),
         shutdown_timeout_s=s.number("shutdown_timeout_s", d.shutdown_timeout_s),
+        stream_drain_share=s.number("stream_drain_share", d.stream_drain_share),
+        drain_idle_s=s.number("drain_idle_s", d.drain_idle_s),
         keepalive_timeout_s=s.number("keepalive_timeout_s", d.keepalive_timeout_s, minimum=1),
         cors_origins=s.strings("cors_origins", d.cors_origins),
         trusted_proxies=s.strings("trusted_proxies", d.trusted_proxies),
@@ -69,9 +71,17 @@ def server_config(s: Section) -> ServerConfig:
         ),
         max_headers=s.number("max_headers", d.max_headers, integer=True, minimum=8),
         header_timeout_s=s.number("header_timeout_s", d.header_timeout_s, minimum=0),
+        refusal_logs_per_minute=s.number(
+            "refusal_logs_per_minute", d.refusal_logs_per_minute, integer=True, minimum=1
+        ),
     )
     if config.port > 65535:
         raise ConfigError("server.port", f"must be at most 65535, got {config.port}")
+    if not 0 < config.stream_drain_share <= 1:
+        raise ConfigError(
+            "server.stream_drain_share",
+            f"must be more than 0 and at most 1, got {config.stream_drain_share}",
+        )
     _check_proxies(config.trusted_proxies)
     s.reject_unknown()
     return config

@@ -140,5 +140,6 @@ def _record_usage(
             usage.rows,
             _bytes_out(response),
             1 if cache_hit else 0,
+            usage.outcome,
         )
     )

@@ -61,14 +61,14 @@ async def stream_chat(
         )
         state = StreamState(strip_usage=not client_asked_usage)
         sent: list[bytes] | None = [] if cache_as is not None else None
-        with request.app[open_streams_key].track():
+        with request.app[open_streams_key].track():  # a shutdown may end `_relay` only
             failure = await _relay(request, response, events, first, state, sent)
-            if failure is not None:
-                _log.warning(
-                    "stream failed", extra={"backend": target.guard.name, "error": failure.code}
-                )
-                await _write(response, error_frame(failure, request.get(request_id_key)))
-            client_gone = not await _end(response) or state.client_gone
+        if failure is not None:
+            _log.warning(
+                "stream failed", extra={"backend": target.guard.name, "error": failure.code}
+            )
+            await _write(response, error_frame(failure, request.get(request_id_key)))
+        client_gone = not await _end(response) or state.client_gone
         # Recorded before the drain: a client that hangs up after [DONE] cancels the
         # handler there, and must not turn a completed stream into a failed one.
         usage.outcome, usage.status = _outcome(state, failure, client_gone)

@@ -23,7 +23,7 @@ class MalformedEvent(ValueError):
 
 
 class StreamState:
-    __slots__ = ("client_gone", "done", "failed", "finished", "strip_usage", "usage")
+    __slots__ = ("client_gone", "done", "failed", "finished", "relayed", "strip_usage", "usage")
 
     def __init__(self, *, strip_usage: bool) -> None:
         self.strip_usage = strip_usage
@@ -36,6 +36,9 @@ class StreamState:
         self.client_gone = False
         """A write to the client failed: it hung up."""
         self.usage: dict[str, Any] | None = None
+        self.relayed = 0
+        """Chunks relayed that carried content: a provider streams about one token per
+        chunk, so this stands in for the output tokens of a stream cut before its usage."""
 
     def frame(self, data: bytes) -> bytes | None:
         """The bytes to send the client for one upstream event, or None to send nothing."""
@@ -60,14 +63,24 @@ class StreamState:
             self.usage = usage
         if isinstance(choices, list):
             for choice in choices:
-                if isinstance(choice, dict) and choice.get("finish_reason"):
-                    self.finished = True
+                if isinstance(choice, dict):
+                    if choice.get("finish_reason"):
+                        self.finished = True
+                    delta = choice.get("delta")
+                    if isinstance(delta, dict) and (
+                        delta.get("content") or delta.get("tool_calls") or delta.get("refusal")
+                    ):
+                        self.relayed += 1
             if self.strip_usage and not choices and isinstance(event.get("usage"), dict):
                 return None
         return b"data: " + data + b"\n\n"
 
     def tokens(self) -> tuple[int, int]:
-        usage = self.usage or {}
+        """(prompt, completion) as the provider reported them; without a report (a stream
+        cut before its usage chunk), no prompt count and the chunks relayed so far."""
+        if self.usage is None:
+            return 0, self.relayed
+        usage = self.usage
         return _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
 
 

@@ -30,6 +30,15 @@ USAGE_COLUMNS = (
     "at, day, request_id, key_id, tenant, route_class, route, backend, model, status, "
     "latency_ms, tokens_in, tokens_out, rows_out, bytes_out, cache_hit"
 )
+USAGE_RECORD_COLUMNS = f"{USAGE_COLUMNS}, outcome"
+"""What a usage record holds, in order: the columns above, then how a stream ended."""
+_USAGE_FIELDS = USAGE_RECORD_COLUMNS.count(",") + 1
+# The request id is unique in the store: a record written again (a flush cancelled after
+# its insert ran, a spill file replayed) adds nothing.
+_INSERT_USAGE = (
+    f"INSERT INTO tollway_usage ({USAGE_RECORD_COLUMNS}) "
+    f"VALUES ({', '.join('?' * _USAGE_FIELDS)}) ON CONFLICT DO NOTHING"
+)
 AUDIT_COLUMNS = "at, action, key_id, actor, request_id, client_ip, detail"
 _REFUSALS_PER_IP = (parse_rate("20/minute"),)
 
@@ -54,11 +63,10 @@ class StateService:
         )
 
     async def _insert_usage(self, rows: Sequence[Sequence[Any]]) -> None:
-        marks = ", ".join("?" * 16)
+        # A record spilled by an older version has no outcome yet.
+        full = [r if len(r) == _USAGE_FIELDS else (*r, None) for r in rows]
         async with self._counting_errors("write_usage"):
-            await self.store.execute_many(
-                f"INSERT INTO tollway_usage ({USAGE_COLUMNS}) VALUES ({marks})", rows
-            )
+            await self.store.execute_many(_INSERT_USAGE, full)
 
     async def _insert_audit(self, rows: Sequence[Sequence[Any]]) -> None:
         async with self._counting_errors("write_audit"):
@@ -137,6 +145,7 @@ async def state_context(app: web.Application) -> AsyncIterator[None]:
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
-        await service.usage.close()
-        await service.audit.close()
+        # Both at once: a drain must end within its timeout plus a moment, even with the
+        # store away (what it would not take in time is spilled, replayed at next start).
+        await asyncio.gather(service.usage.close(), service.audit.close())
         await store.close()

@@ -71,6 +71,15 @@ def test_missing_env_variable_names_the_key() -> None:
          'keys[0].scopes: unknown scope "root"'),
         ({"cache": {"backend": "redis"}}, "cache.backend: redis needs"),
         ({"server": {"trusted_proxies": ["not-an-ip"]}}, "server.trusted_proxies[0]: expected"),
+        ({"server": {"stream_drain_share": 1.5}}, "server.stream_drain_share: must be more"),
+        ({"server": {"stream_drain_share": 0}}, "server.stream_drain_share: must be more"),
+        ({"server": {"drain_idle_s": -1}}, "server.drain_idle_s: must be at least 0"),
+        ({"server": {"refusal_logs_per_minute": 0}},
+         "server.refusal_logs_per_minute: must be at least 1"),
+        ({"server": {"shutdown_timeout_s": float("nan")}},
+         "server.shutdown_timeout_s: expected a finite number"),
+        ({"backends": {"g": {"type": "openai", "timeout_s": float("inf")}}},
+         "backends.g.timeout_s: expected a finite number"),
     ],
 )  # fmt: skip
 def test_wrong_value_is_refused_naming_the_key(data: dict[str, object], message: str) -> None:

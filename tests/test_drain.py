@@ -189,3 +189,30 @@ async def test_streams_completing_during_the_drain_are_recorded_completed_even_i
     rows = gateway.usage_rows()
     assert sorted(r[0] for r in rows) == sorted(ids)
     assert {(r[1], r[2], r[3]) for r in rows} == {(200, "completed", 3)}
+
+
+async def test_streams_are_ended_at_their_share_of_the_shutdown_timeout(
+    long_streams: FakeProvider, unused_tcp_port: int
+) -> None:
+    import os
+    import signal
+
+    from gateway.serve import serve
+    from tests.conftest import make_config
+
+    url: str = long_streams.url  # type: ignore[attr-defined]
+    config = make_config(
+        gateway_config(url, port=unused_tcp_port, shutdown_timeout_s=4, stream_drain_share=0.25)
+    )
+    ready = asyncio.Event()
+    server = asyncio.ensure_future(serve(config, on_ready=lambda _: ready.set()))
+    await asyncio.wait_for(ready.wait(), 10)
+    async with aiohttp.ClientSession() as session:
+        response = await open_stream(session, f"http://127.0.0.1:{unused_tcp_port}", "share-1")
+        stopped = time.monotonic()
+        os.kill(os.getpid(), signal.SIGTERM)
+        events = await rest_of(response)
+        ended_after = time.monotonic() - stopped
+    assert b"server_shutting_down" in events[-1]
+    assert 0.9 <= ended_after < 2.0  # a quarter of 4 s, not the whole timeout
+    await asyncio.wait_for(server, 5)

@@ -131,17 +131,22 @@ class KeyQueries:
         )
         await self.store.transaction([write, _BUMP])
 
-    async def revoke_config_key(self, key_id: str, at: float) -> None:
+    async def revoke_config_key(self, key_id: str, at: float) -> float:
+        """Revoke a config key as of `at`, unless it already is; when it was revoked."""
         await self.store.transaction(
             [
-                ("DELETE FROM tollway_revoked_config_keys WHERE id = ?", (key_id,)),
                 (
-                    "INSERT INTO tollway_revoked_config_keys (id, revoked_at) VALUES (?, ?)",
+                    "INSERT INTO tollway_revoked_config_keys (id, revoked_at) VALUES (?, ?) "
+                    "ON CONFLICT DO NOTHING",
                     (key_id, at),
                 ),
                 _BUMP,
             ]
         )
+        rows = await self.store.fetch(
+            "SELECT revoked_at FROM tollway_revoked_config_keys WHERE id = ?", (key_id,)
+        )
+        return float(rows[0][0]) if rows else at
 
 
 _BUMP = ("UPDATE tollway_meta SET value = value + 1 WHERE name = 'keys_version'", ())

@@ -34,6 +34,7 @@ DEFAULT_STATE: Final = "sqlite:///./tollway-state.db"
 DEFAULT_LIMITS: Final = ("60/minute", "1000/hour")
 DEFAULT_PER_IP: Final = ("60/minute", "1000/hour")
 DEFAULT_PER_IP_AUTHENTICATED: Final = ("6000/minute", "100000/hour")
+DEFAULT_KEY_LOOKUPS_PER_IP: Final = ("30/minute",)
 KEY_HASH: Final = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -69,6 +70,10 @@ class ServerConfig:
     max_header_bytes: int = 8190
     max_headers: int = 100
     header_timeout_s: float = 15.0
+    unknown_key_cache_s: float = 2.0
+    """A key the state store did not know is refused from memory this long, unasked."""
+    key_lookup_timeout_s: float = 0.5
+    """The longest a request waits for the store to say whether it knows a key."""
     refusal_logs_per_minute: int = 10
     """Requests the HTTP parser refuses: at most this many WARNING lines a minute per client
     address (every refusal is still counted in ``tollway_http_refusals_total``)."""
@@ -82,6 +87,8 @@ class LimitsConfig:
     """Per client IP, before auth: unauthenticated and failed-auth requests."""
     per_ip_authenticated: tuple[Rate, ...] = ()
     """Per client IP for authenticated traffic: higher, so many users behind one NAT fit."""
+    key_lookups_per_ip: tuple[Rate, ...] = ()
+    """Per client IP: how often a key this replica does not know is looked up in the store."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from typing import Final
 
 from gateway.config.model import (
     BACKEND_TYPES,
+    DEFAULT_KEY_LOOKUPS_PER_IP,
     DEFAULT_LIMITS,
     DEFAULT_PER_IP,
     DEFAULT_PER_IP_AUTHENTICATED,
@@ -71,6 +72,8 @@ def server_config(s: Section) -> ServerConfig:
         ),
         max_headers=s.number("max_headers", d.max_headers, integer=True, minimum=8),
         header_timeout_s=s.number("header_timeout_s", d.header_timeout_s, minimum=0),
+        unknown_key_cache_s=s.number("unknown_key_cache_s", d.unknown_key_cache_s),
+        key_lookup_timeout_s=s.number("key_lookup_timeout_s", d.key_lookup_timeout_s),
         refusal_logs_per_minute=s.number(
             "refusal_logs_per_minute", d.refusal_logs_per_minute, integer=True, minimum=1
         ),
@@ -112,6 +115,7 @@ def limits_config(s: Section) -> LimitsConfig:
         routes=MappingProxyType(per_route),
         per_ip=s.rates("per_ip", DEFAULT_PER_IP),
         per_ip_authenticated=s.rates("per_ip_authenticated", DEFAULT_PER_IP_AUTHENTICATED),
+        key_lookups_per_ip=s.rates("key_lookups_per_ip", DEFAULT_KEY_LOOKUPS_PER_IP),
     )
     s.reject_unknown()
     return config

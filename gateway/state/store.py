@@ -111,6 +111,14 @@ class KeyQueries:
         )
         return StoredKey.from_row(rows[0]) if rows else None
 
+    async def by_digest(self, digest: str) -> StoredKey | None:
+        """The stored key whose secret (or whose previous secret, in rotation) has `digest`."""
+        rows = await self.store.fetch(
+            f"SELECT {_KEY_COLUMNS} FROM tollway_keys WHERE digest = ? OR previous_digest = ?",
+            (digest, digest),
+        )
+        return StoredKey.from_row(rows[0]) if rows else None
+
     async def revoked_config_ids(self) -> set[str]:
         rows = await self.store.fetch("SELECT id FROM tollway_revoked_config_keys")
         return {r[0] for r in rows}

@@ -6,7 +6,8 @@ default OpenAI's), ``api_key``, ``headers`` (extra static headers, e.g.
 ``first_token_timeout_s`` (a stream's first event, default 60) and ``idle_timeout_s``
 (the longest silence between a stream's events, and between any two reads, default 30),
 ``done_drain_s`` (how long to read on after ``[DONE]`` for the upstream to end its answer,
-so the connection can be reused, default 0.5).
+so the connection can be reused, default 0.5), ``max_response_bytes`` (the most one answer
+may bring, a JSON body or a whole stream, counted as it arrives; default 64 MiB).
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from backends.base import (
 )
 from backends.http import (
     HTTPOptions,
+    ResponseMeter,
     new_session,
     option_number,
     raise_for_upstream,
+    read_capped,
     transport_error,
 )
 from gateway.errors import BackendTimeout, BackendUnavailable
@@ -40,7 +43,7 @@ __all__ = ["OpenAIBackend", "create"]
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _OWN_OPTIONS = frozenset(
     {"base_url", "api_key", "headers", "max_connections", "first_token_timeout_s",
-     "idle_timeout_s", "done_drain_s"}
+     "idle_timeout_s", "done_drain_s", "max_response_bytes"}
 )  # fmt: skip
 _HEALTH_TIMEOUT_S = 3.0
 
@@ -127,7 +130,7 @@ class OpenAIBackend:
                 timeout=self._json_timeout,
             ) as response:
                 await raise_for_upstream(self.name, response)
-                raw = await response.read()
+                raw = await read_capped(response, self.options.max_response_bytes, self.name)
                 return JSONResponse(response.status, raw, _passed_headers(response))
         except aiohttp.ClientError as exc:
             raise transport_error(self.name, exc) from exc
@@ -166,8 +169,10 @@ class OpenAIBackend:
                 timeout=self._stream_timeout,
             ) as response:
                 await raise_for_upstream(self.name, response)
+                meter = ResponseMeter(self.options.max_response_bytes, self.name)
                 buffer = b""
                 async for chunk in response.content.iter_any():
+                    meter.add(len(chunk))
                     buffer += chunk
                     if b"\r" in buffer:
                         buffer = buffer.replace(b"\r\n", b"\n")

@@ -22,13 +22,21 @@ from backends.base import (
     JSONResponse,
     reject_unknown_options,
 )
-from backends.http import HTTPOptions, new_session, raise_for_upstream, transport_error
+from backends.http import (
+    HTTPOptions,
+    new_session,
+    raise_for_upstream,
+    read_capped,
+    transport_error,
+)
 from gateway.errors import BackendUnavailable
 
 __all__ = ["TavilyBackend", "create"]
 
 DEFAULT_BASE_URL = "https://api.tavily.com"
-_OWN_OPTIONS = frozenset({"base_url", "api_key", "headers", "max_connections"})
+_OWN_OPTIONS = frozenset(
+    {"base_url", "api_key", "headers", "max_connections", "max_response_bytes"}
+)
 _ARRAYS = {"/search": ("results", "images"), "/extract": ("results", "failed_results")}
 
 
@@ -84,7 +92,7 @@ class TavilyBackend:
                 headers={"X-Request-ID": ctx.request_id},
             ) as response:
                 await raise_for_upstream(self.name, response)
-                raw = await response.read()
+                raw = await read_capped(response, self.options.max_response_bytes, self.name)
                 status = response.status
         except aiohttp.ClientError as exc:
             raise transport_error(self.name, exc) from exc

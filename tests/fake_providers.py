@@ -40,6 +40,8 @@ class FakeProvider:
         self.first_event_delay_s = 2.0
         self.hang_s = 30.0
         self.slow_s = 0.3
+        self.huge_bytes = 100 * 1024 * 1024
+        self.huge_sent = 0
 
     def script(self, kind: str, *modes: str) -> None:
         self._scripts[kind].extend(modes)
@@ -112,6 +114,8 @@ class FakeProvider:
         failed = await self._common_failure(request, mode)
         if failed is not None:
             return failed
+        if mode == "huge":
+            return await self._huge(request)
         if body.get("stream"):
             return await self._stream(request, body, mode)
         return web.json_response(
@@ -131,6 +135,23 @@ class FakeProvider:
             },
             headers={"x-request-id": "upstream-req", "openai-processing-ms": "3"},
         )
+
+    async def _huge(self, request: web.Request) -> web.StreamResponse:
+        """A JSON answer of `huge_bytes`, written a megabyte at a time without a length;
+        `huge_sent` says how much went out before the reader hung up."""
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        self.huge_sent = 0
+        piece = b'{"choices": [{"message": {"content": "' + b"x" * (1024 * 1024)
+        try:
+            while self.huge_sent < self.huge_bytes:
+                await response.write(piece)
+                self.huge_sent += len(piece)
+            await response.write(b'"}}]}')
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.disconnected.set()
+        return response
 
     async def _stream(self, request: web.Request, body: Any, mode: str) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

@@ -79,10 +79,6 @@ def test_missing_env_variable_names_the_key() -> None:
         ({"server": {"key_lookup_timeout_s": -0.5}},
          "server.key_lookup_timeout_s: must be at least 0"),
         ({"limits": {"key_lookups_per_ip": ["often"]}}, "limits.key_lookups_per_ip[0]:"),
-        ({"backends": {"g": {"type": "openai", "max_response_bytes": 0}}},
-         "backends.g.max_response_bytes: must be at least 1"),
-        ({"backends": {"t": {"type": "tavily", "max_response_bytes": "big"}}},
-         "backends.t.max_response_bytes: expected a number"),
         ({"server": {"refusal_logs_per_minute": 0}},
          "server.refusal_logs_per_minute: must be at least 1"),
         ({"server": {"shutdown_timeout_s": float("nan")}},
@@ -152,3 +148,22 @@ def test_keys_new_prints_a_key_and_its_hash() -> None:
     key, key_hash = lines["key"].strip(), lines["hash"].strip()
     assert len(key) >= 40
     assert run_cli("keys", "hash", key).stdout.strip() == key_hash
+
+
+@pytest.mark.parametrize(
+    ("backend", "message"),
+    [
+        ({"type": "openai", "max_response_bytes": 0}, "backends.b.max_response_bytes: must be"),
+        ({"type": "tavily", "max_response_bytes": "big"},
+         "backends.b.max_response_bytes: expected a number"),
+    ],
+)  # fmt: skip
+def test_a_wrong_max_response_bytes_is_refused_naming_the_key(
+    backend: dict[str, object], message: str
+) -> None:
+    from gateway.app import check_config
+
+    config = parse_config({"backends": {"b": backend}}, env={}, source="t")
+    with pytest.raises(ConfigError) as raised:
+        check_config(config)
+    assert str(raised.value).startswith(message)

@@ -1,5 +1,6 @@
-"""What `tollway serve` tells the person who started it: where Tollway listens and, on
-the embedded default (no config file), the demo key it made for this run."""
+"""What `tollway serve` tells the person who started it: where Tollway listens, on the
+embedded default (no config file) the demo key it made for this run, and where the admin
+console is when it is served."""
 
 from __future__ import annotations
 
@@ -17,3 +18,6 @@ def announce(config: Config, host: str, port: int) -> None:
             f"Demo key (shown once; it changes at every start): {config.demo_key}",
             flush=True,
         )
+    if config.server.console:
+        where = "sign in with the demo key" if config.demo_key else "sign in with an admin key"
+        print(f"Admin console: http://{host}:{port}/console/ ({where})", flush=True)

@@ -15,7 +15,8 @@ def embedded_config_data(env: Mapping[str, str]) -> tuple[dict[str, Any], str]:
     # Workers of one `serve --workers N` share the key their parent made.
     demo_key = env.get("TOLLWAY_DEMO_KEY") or new_key()
     data: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "port": 8080},
+        # The console is on: bound to 127.0.0.1, a newcomer signs in with the demo key.
+        "server": {"host": "127.0.0.1", "port": 8080, "console": True},
         "state": "sqlite:///./tollway-state.db",
         "backends": {"demo": {"type": "duckdb", "demo": True, "timeout_s": 30}},
         "datasets": {

@@ -48,9 +48,10 @@ class ServerConfig:
     """The share of `shutdown_timeout_s` open streams may run on after SIGTERM before each
     is ended with an in-band ``server_shutting_down`` event (the rest writes that event and
     flushes usage)."""
-    drain_idle_s: float = 2.0
+    drain_idle_s: float = 5.0
     """After SIGTERM, a kept-alive connection is closed once it has been idle this long
-    (requests arriving on it meanwhile are answered, with ``Connection: close``)."""
+    (requests arriving on it meanwhile are answered, with ``Connection: close``). Longer
+    than the proxy's upstream keep-alive timeout, so the proxy closes idle ones first."""
     keepalive_timeout_s: float = 75.0
     """Longer than the proxy's upstream keep-alive (nginx ``keepalive_timeout``), so the
     proxy, not Tollway, closes idle connections in normal operation."""

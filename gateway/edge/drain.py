@@ -9,10 +9,13 @@
    retries on another replica (a refused connect never reached anyone).
 3. Connections already open keep being served: a request that arrives on a kept-alive
    connection after the signal is answered, with ``Connection: close``. A connection
-   is closed as idle only once it has carried no request and no byte for
-   ``server.drain_idle_s`` since the signal (or its last byte, if later), with a FIN.
+   is closed as idle only once it has been quiet (no request on it, no byte from it)
+   for ``server.drain_idle_s`` since the signal or its last activity, with a FIN.
    Closing every idle connection at the signal, as aiohttp does, races a proxy that
-   picked one of them for its next request: that request meets a reset.
+   picked one of them for its next request: that request meets a reset. A proxy whose
+   upstream keep-alive timeout is shorter than ``drain_idle_s`` (nginx's
+   ``keepalive_timeout`` in the ``upstream`` block: 4 s shipped, 5 s here) has closed
+   such a connection itself before Tollway would, so the race cannot happen at all.
 4. Streams get ``server.stream_drain_share`` of ``server.shutdown_timeout_s``; then
    each open stream is ended honestly (`gateway.ops.streams`): an in-band
    ``server_shutting_down`` event, a proper end, its usage recorded as cut by shutdown.
@@ -68,7 +71,9 @@ async def drain(
             if ended:
                 _log.info("streams ended for shutdown", extra={"streams": ended})
         for connection in list(connections):
-            if now - max(connection.last_seen, started) >= idle_s:
+            if connection.busy:  # quiet is counted from the end of its last answer
+                connection.last_seen = now
+            elif now - max(connection.last_seen, started) >= idle_s:
                 connection.close_if_idle()
         if not any(not c.closed for c in connections) or now >= ends_at:
             break

@@ -107,3 +107,35 @@ async def test_parser_refusals_log_one_warning_each_rate_limited_per_address_and
     text = metrics.decode()
     assert 'tollway_http_refusals_total{code="invalid_header"} 8.0' in text
     assert 'tollway_http_refusals_total{code="http_version_not_supported"} 1.0' in text
+
+
+async def test_a_bad_chunk_after_the_headers_is_a_prompt_400_not_a_hung_connection(
+    unused_tcp_port: int, log_lines: Callable[[], list[str]]
+) -> None:
+    from tests.conftest import USER_KEY
+
+    config = make_config({"server": {"port": unused_tcp_port}})
+    ready = asyncio.Event()
+    server = asyncio.ensure_future(serve(config, on_ready=lambda _: ready.set()))
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        writer.write(
+            b"POST /v1/query HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + USER_KEY.encode() + b"\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the handler is reading the body when the bad chunk comes
+        writer.write(b"zz\r\nECHO\r\n0\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 3)  # answered, then closed
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400") and b"connection: close" in head.lower()
+        assert orjson.loads(body)["error"]["code"] == "invalid_body_framing"
+        assert b"ECHO" not in answer
+        records = [json.loads(line) for line in log_lines()]
+        assert not [r for r in records if r["level"] in ("ERROR", "CRITICAL")]
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(server, 10)

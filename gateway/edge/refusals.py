@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import http_exceptions, web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 from aiohttp.web_request import BaseRequest
 from prometheus_client import Counter
 
@@ -114,6 +114,17 @@ class RefusingRequestHandler(RequestHandler):
     def __init__(self, manager: web.Server, *, refusals: ParserRefusals, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._refusals = refusals
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # A bad chunk size in a packet after the headers: aiohttp's C parser queues the
+        # refusal behind the request whose body is being read, and that read waits for the
+        # client to give up. Hand the error to the read instead (errors middleware: 400).
+        request = self._current_request
+        if request is not None and self._messages and isinstance(self._messages[-1][0], _ErrInfo):
+            content = request.content
+            if not content.is_eof() and content.exception() is None:
+                content.set_exception(RequestPayloadError("the request body's framing is invalid"))
 
     def handle_error(
         self,

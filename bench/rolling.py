@@ -73,19 +73,26 @@ async def _upstream_chat(request: web.Request) -> web.StreamResponse:
         return web.json_response(answer)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
-    for word in ("a", " streamed", " answer", " of", " a", " while"):
-        await response.write(_chunk({"content": word}, None))
-        await asyncio.sleep(0.08)
-    await response.write(_chunk({}, "stop") + b"data: [DONE]\n\n")
-    await response.write_eof()
+    try:
+        for word in ("a", " streamed", " answer", " of", " a", " while"):
+            await response.write(_chunk({"content": word}, None))
+            await asyncio.sleep(0.08)
+        await response.write(_chunk({}, "stop") + b"data: [DONE]\n\n")
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the gateway hung up (its client went away): nothing to finish
     return response
+
+
+async def _upstream_models(request: web.Request) -> web.Response:
+    return web.json_response({"data": []})
 
 
 def upstream_app() -> web.Application:
     """A fake OpenAI: quick JSON answers, and streams of about half a second."""
     app = web.Application()
     app.router.add_post("/v1/chat/completions", _upstream_chat)
-    app.router.add_get("/v1/models", lambda _r: web.json_response({"data": []}))
+    app.router.add_get("/v1/models", _upstream_models)
     return app
 
 
@@ -220,7 +227,7 @@ class Cluster:
         from gateway.config.keyhash import hash_key
 
         self.upstream = start(upstream_app)
-        config = {
+        config: dict[str, Any] = {
             "server": {"host": "127.0.0.1", "shutdown_timeout_s": 10,
                        "drain_idle_s": DRAIN_IDLE_S, "log_level": "warning",
                        "replicas": len(self.ports)},

@@ -9,6 +9,12 @@ warm-up (``--warmup``, default 30 s) and at the end, the growth after warm-up, r
 errors, and the usage rows against the requests answered (after a SIGTERM, so the last
 rows are flushed).
 
+``--data postgres`` serves the dataset and the OData feed from a scratch database on the
+machine's Postgres (``--dsn``, default ``postgresql://postgres@127.0.0.1:5432/postgres``;
+the database is dropped at the end) instead of the in-process DuckDB demo warehouse:
+DuckDB alone holds some 60 MB in the gateway's process (its library, its instance, its
+buffers), which no setting of Tollway's removes.
+
 ``--tracemalloc DIR`` runs the gateway under ``tracemalloc`` and writes, every 30 s, the
 allocation sites that grew most since the warm-up to ``DIR/growth-<t>.txt``: how the
 memory bound was found (not by guessing).
@@ -68,9 +74,62 @@ sys.exit(main(["serve", "--config", sys.argv[1]]))
 """
 
 
-def gateway_config(folder: Path, port: int, upstream: str) -> dict[str, Any]:
+_PG_ORDERS = """
+CREATE TABLE orders AS
+SELECT i AS order_id,
+       CASE WHEN i % 3 = 0 THEN 'globex' ELSE 'acme' END AS tenant_id,
+       (ARRAY['north', 'south', 'east', 'west'])[1 + i % 4] AS region,
+       (ARRAY['widget', 'gadget', 'gizmo'])[1 + (i * 7) % 3] AS product,
+       TIMESTAMP '2026-01-01' + make_interval(hours => (i * 97) % (181 * 24)) AS ordered_at,
+       CAST(5 + ((i * 37) % 50000) / 100.0 AS NUMERIC(12, 2)) AS amount
+FROM generate_series(1, 3000) AS t(i)
+"""
+
+
+async def scratch_postgres(dsn: str) -> str:
+    """A new database holding the demo orders; its URL."""
+    import uuid
+
+    import asyncpg
+
+    name = f"tollway_soak_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    url = dsn.rsplit("/", 1)[0] + f"/{name}"
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(_PG_ORDERS)
+    finally:
+        await connection.close()
+    return url
+
+
+async def drop_postgres(dsn: str, url: str) -> None:
+    import asyncpg
+
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+def gateway_config(
+    folder: Path, port: int, upstream: str, data_dsn: str | None = None
+) -> dict[str, Any]:
+    from gateway.config.defaults import embedded_config_data
     from gateway.config.keyhash import hash_key
 
+    # The demo warehouse as the embedded default (`make run`) configures it.
+    demo = embedded_config_data({"TOLLWAY_DEMO_KEY": KEY})[0]["backends"]["demo"]
+    warehouse: dict[str, Any] = (
+        {"type": "postgres", "dsn": data_dsn, "pool": {"min": 1, "max": 4}}
+        if data_dsn
+        else demo
+    )
     return {
         "server": {"host": "127.0.0.1", "port": port, "log_level": "warning"},
         "state": f"sqlite:///{folder / 'state.db'}",
@@ -79,7 +138,7 @@ def gateway_config(folder: Path, port: int, upstream: str) -> dict[str, Any]:
                    "per_ip_authenticated": ["1000000/minute"]},
         "backends": {
             "up": {"type": "openai", "base_url": f"{upstream}/v1", "api_key": "sk-up"},
-            "wh": {"type": "duckdb", "demo": True},
+            "wh": warehouse,
         },
         "models": {MODEL: {"backend": "up"}},
         "datasets": {
@@ -115,6 +174,8 @@ class Tally:
     def __init__(self) -> None:
         self.sent = 0
         self.answered = 0
+        self.reached = 0
+        """Requests the gateway answered with any status: each one is a usage row."""
         self.errors: Counter[str] = Counter()
 
 
@@ -135,6 +196,7 @@ async def _one(
             method, base + path, json=body, headers={**headers, "Cache-Control": "no-store"}
         ) as response:
             payload = await response.read()
+            tally.reached += 1
             if response.status != 200:
                 tally.errors[f"{kind} {response.status}"] += 1
             elif kind == "stream" and not payload.endswith(b"data: [DONE]\n\n"):
@@ -171,20 +233,25 @@ async def run(argv: list[str]) -> None:
     parser.add_argument("--rate", type=float, default=100)
     parser.add_argument("--warmup", type=float, default=30)
     parser.add_argument("--tracemalloc", metavar="DIR", default=None)
+    parser.add_argument("--data", choices=("duckdb", "postgres"), default="duckdb")
+    parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args(argv)
+    args.data_dsn = await scratch_postgres(args.dsn) if args.data == "postgres" else None
     upstream = start(upstream_app)
     try:
         with tempfile.TemporaryDirectory(prefix="tollway-soak-") as temp:
             await _soak(args, Path(temp), upstream.url())
     finally:
         upstream.stop()
+        if args.data_dsn:
+            await drop_postgres(args.dsn, args.data_dsn)
 
 
 def _gateway_command(
     args: argparse.Namespace, folder: Path, port: int, upstream: str
 ) -> tuple[list[str], dict[str, str]]:
     config = folder / "tollway.yaml"
-    config.write_text(yaml.safe_dump(gateway_config(folder, port, upstream)))
+    config.write_text(yaml.safe_dump(gateway_config(folder, port, upstream, args.data_dsn)))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
     if args.tracemalloc:
@@ -224,7 +291,8 @@ async def _soak(args: argparse.Namespace, folder: Path, upstream: str) -> None:
           f" growth after warm-up {100 * (rss_end - warm) / warm:+.1f} %")  # fmt: skip
     print(f"requests {tally.sent} in {elapsed:.0f} s ({tally.sent / elapsed:.1f} req/s),"
           f" answered {tally.answered}, errors {dict(tally.errors) or 0}")  # fmt: skip
-    print(f"usage rows {rows} for {tally.answered} answered requests")
+    print(f"usage rows {rows} for {tally.reached} requests answered by the gateway"
+          f" ({tally.answered} of them 200)")  # fmt: skip
 
 
 async def _load(

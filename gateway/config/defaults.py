@@ -18,7 +18,10 @@ def embedded_config_data(env: Mapping[str, str]) -> tuple[dict[str, Any], str]:
         # The console is on: bound to 127.0.0.1, a newcomer signs in with the demo key.
         "server": {"host": "127.0.0.1", "port": 8080, "console": True},
         "state": "sqlite:///./tollway-state.db",
-        "backends": {"demo": {"type": "duckdb", "demo": True, "timeout_s": 30}},
+        # One DuckDB thread: every thread that runs DuckDB queries keeps allocator caches
+        # of its own, and with four the process grew for minutes under load (bench soak);
+        # the demo tables are small, so one query at a time costs nothing noticeable.
+        "backends": {"demo": {"type": "duckdb", "demo": True, "timeout_s": 30, "threads": 1}},
         "datasets": {
             "orders": {
                 "backend": "demo",

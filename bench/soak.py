@@ -289,6 +289,10 @@ async def _soak(args: argparse.Namespace, folder: Path, upstream: str) -> None:
     print(f"RSS start {rss_start:.1f} MB, after warm-up {warm:.1f} MB, end {rss_end:.1f} MB,"
           f" max after warm-up {max(after or [rss_end]):.1f} MB;"
           f" growth after warm-up {100 * (rss_end - warm) / warm:+.1f} %")  # fmt: skip
+    if len(after) >= 12:  # single readings swing by a few MB: compare minutes
+        first, last = sum(after[:6]) / 6, sum(after[-6:]) / 6
+        print(f"RSS mean of the first minute after warm-up {first:.1f} MB, of the last minute"
+              f" {last:.1f} MB: {100 * (last - first) / first:+.1f} %")  # fmt: skip
     print(f"requests {tally.sent} in {elapsed:.0f} s ({tally.sent / elapsed:.1f} req/s),"
           f" answered {tally.answered}, errors {dict(tally.errors) or 0}")  # fmt: skip
     print(f"usage rows {rows} for {tally.reached} requests answered by the gateway"

@@ -17,29 +17,41 @@ from gateway.errors import (
     BackendTimeout,
     BackendUnavailable,
     BackendUnreachable,
+    ResponseTooLarge,
     UpstreamHTTPError,
 )
 
 __all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "HTTPOptions",
+    "ResponseMeter",
     "new_session",
     "option_number",
     "option_string",
     "raise_for_upstream",
+    "read_capped",
     "retry_after_s",
+    "too_large",
     "transport_error",
 ]
 
 # Headers an adapter sends on every call; the caller's own headers never reach upstream.
 USER_AGENT = "tollway"
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
 class HTTPOptions:
     """The options every HTTP adapter reads from its backend's config section."""
 
-    __slots__ = ("api_key", "base_url", "extra_headers", "max_connections")
+    __slots__ = ("api_key", "base_url", "extra_headers", "max_connections", "max_response_bytes")
 
-    def __init__(self, options: Mapping[str, Any], *, default_base_url: str | None) -> None:
+    def __init__(
+        self,
+        options: Mapping[str, Any],
+        *,
+        default_base_url: str | None,
+        max_response_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
         base_url = option_string(options, "base_url", default_base_url)
         if base_url is None:
             raise OptionError("base_url", "required: the provider's API root, e.g. https://…/v1")
@@ -48,6 +60,9 @@ class HTTPOptions:
         self.base_url = base_url.rstrip("/")
         self.api_key = option_string(options, "api_key", None) or None
         self.max_connections = int(option_number(options, "max_connections", 100, minimum=1))
+        self.max_response_bytes = max_response_bytes
+        """The most bytes one answer (a JSON body, or a whole stream) may bring: the
+        backend's ``max_response_bytes``, a key every backend has."""
         headers = options.get("headers", {})
         if not isinstance(headers, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
@@ -110,6 +125,46 @@ def new_session(
     )
 
 
+def too_large(backend: str, limit: int) -> ResponseTooLarge:
+    """The upstream's answer passed `max_response_bytes`: refused, not retried, and not a
+    breaker failure (the backend answered; the answer is what is wrong)."""
+    return ResponseTooLarge(
+        f"backend {backend!r} answered more than {limit} bytes (its max_response_bytes)",
+        backend=backend,
+        should_retry=False,
+    )
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int, backend: str) -> bytes:
+    """The body, counted while it arrives: past `limit` bytes the read stops (the rest is
+    never held in memory) and `too_large` is raised."""
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        raise too_large(backend, limit)
+    meter = ResponseMeter(limit, backend)
+    parts: list[bytes] = []
+    async for chunk in response.content.iter_any():
+        meter.add(len(chunk))
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+class ResponseMeter:
+    """Counts a streamed answer's bytes; `add` raises `too_large` past the limit."""
+
+    __slots__ = ("_backend", "_limit", "seen")
+
+    def __init__(self, limit: int, backend: str) -> None:
+        self._limit = limit
+        self._backend = backend
+        self.seen = 0
+
+    def add(self, size: int) -> None:
+        self.seen += size
+        if self.seen > self._limit:
+            raise too_large(self._backend, self._limit)
+
+
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
     """The upstream's wish: ``retry-after-ms``, else ``Retry-After`` in seconds or a date."""
     millis = headers.get("retry-after-ms")
@@ -156,7 +211,7 @@ async def raise_for_upstream(backend: str, response: aiohttp.ClientResponse) -> 
     type, code and param (OpenAI's shape, or Tavily's ``detail.error``)."""
     if response.status < 400:
         return
-    raw = await response.read()
+    raw = await _error_body(response)
     if response.status in (401, 403):
         # The provider refused Tollway's own credentials: an operator's problem, and the
         # provider's message may quote part of the key. The client learns neither.
@@ -181,6 +236,18 @@ async def raise_for_upstream(backend: str, response: aiohttp.ClientResponse) -> 
         if response.status < 500 and response.status not in (408, 409, 429)
         else None,
     )
+
+
+async def _error_body(response: aiohttp.ClientResponse, limit: int = 1024 * 1024) -> bytes:
+    """An error answer's body, at most `limit` bytes of it: enough for any message."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(parts)[:limit]
 
 
 def _error_fields(raw: bytes) -> tuple[str | None, str | None, str | None, str | None]:

@@ -7,7 +7,8 @@ default OpenAI's), ``api_key``, ``headers`` (extra static headers, e.g.
 default 15: past it the call fails over) and ``idle_timeout_s`` (alias
 ``stream_idle_timeout_s``: the longest silence between a stream's events, default 30),
 ``done_drain_s`` (how long to read on after ``[DONE]`` for the upstream to end its answer,
-so the connection can be reused, default 0.5).
+so the connection can be reused, default 0.5), ``max_response_bytes`` (the most one answer
+may bring, a JSON body or a whole stream, counted as it arrives; default 64 MiB).
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from backends.base import (
 )
 from backends.http import (
     HTTPOptions,
+    ResponseMeter,
     new_session,
     option_number,
     raise_for_upstream,
+    read_capped,
     transport_error,
 )
 from gateway.errors import BackendTimeout, BackendUnavailable
@@ -48,13 +51,20 @@ _HEALTH_TIMEOUT_S = 3.0
 
 
 def create(
-    name: str, options: Mapping[str, Any], *, timeout_s: float, connect_timeout_s: float
+    name: str,
+    options: Mapping[str, Any],
+    *,
+    timeout_s: float,
+    connect_timeout_s: float,
+    max_response_bytes: int = 64 * 1024 * 1024,
 ) -> Backend:
 
     reject_unknown_options(options, _OWN_OPTIONS, "openai")
     return OpenAIBackend(
         name,
-        HTTPOptions(options, default_base_url=DEFAULT_BASE_URL),
+        HTTPOptions(
+            options, default_base_url=DEFAULT_BASE_URL, max_response_bytes=max_response_bytes
+        ),
         connect_timeout_s=connect_timeout_s,
         first_token_timeout_s=option_number(options, "first_token_timeout_s", 15.0, minimum=0.01),
         idle_timeout_s=option_number(
@@ -140,7 +150,7 @@ class OpenAIBackend:
                 timeout=self._json_timeout,
             ) as response:
                 await raise_for_upstream(self.name, response)
-                raw = await response.read()
+                raw = await read_capped(response, self.options.max_response_bytes, self.name)
                 return JSONResponse(response.status, raw, _passed_headers(response))
         except aiohttp.ClientError as exc:
             raise transport_error(self.name, exc) from exc
@@ -180,8 +190,10 @@ class OpenAIBackend:
             ) as response:
                 await raise_for_upstream(self.name, response)
                 protocol = response.connection.protocol if response.connection else None
+                meter = ResponseMeter(self.options.max_response_bytes, self.name)
                 buffer = b""
                 async for chunk in response.content.iter_any():
+                    meter.add(len(chunk))
                     if protocol is not None:  # from now on, the idle timeout
                         protocol.read_timeout = self.idle_timeout_s
                         protocol = None
@@ -228,7 +240,7 @@ class OpenAIBackend:
                 timeout=self._json_timeout,
             ) as response:
                 await raise_for_upstream(self.name, response)
-                raw = await response.read()
+                raw = await read_capped(response, self.options.max_response_bytes, self.name)
                 return JSONResponse(response.status, raw, _passed_headers(response))
         except aiohttp.ClientError as exc:
             raise transport_error(self.name, exc) from exc
@@ -253,8 +265,10 @@ class OpenAIBackend:
                 timeout=self._stream_timeout,
             ) as response:
                 await raise_for_upstream(self.name, response)
+                meter = ResponseMeter(self.options.max_response_bytes, self.name)
                 buffer = b""
                 async for chunk in response.content.iter_any():
+                    meter.add(len(chunk))
                     buffer += chunk
                     if b"\r" in buffer:
                         buffer = buffer.replace(b"\r\n", b"\n")

@@ -22,7 +22,13 @@ from backends.base import (
     JSONResponse,
     reject_unknown_options,
 )
-from backends.http import HTTPOptions, new_session, raise_for_upstream, transport_error
+from backends.http import (
+    HTTPOptions,
+    new_session,
+    raise_for_upstream,
+    read_capped,
+    transport_error,
+)
 from gateway.errors import BackendUnavailable
 
 __all__ = ["TavilyBackend", "create"]
@@ -33,12 +39,19 @@ _ARRAYS = {"/search": ("results", "images"), "/extract": ("results", "failed_res
 
 
 def create(
-    name: str, options: Mapping[str, Any], *, timeout_s: float, connect_timeout_s: float
+    name: str,
+    options: Mapping[str, Any],
+    *,
+    timeout_s: float,
+    connect_timeout_s: float,
+    max_response_bytes: int = 64 * 1024 * 1024,
 ) -> Backend:
     reject_unknown_options(options, _OWN_OPTIONS, "tavily")
     return TavilyBackend(
         name,
-        HTTPOptions(options, default_base_url=DEFAULT_BASE_URL),
+        HTTPOptions(
+            options, default_base_url=DEFAULT_BASE_URL, max_response_bytes=max_response_bytes
+        ),
         connect_timeout_s=connect_timeout_s,
     )
 
@@ -84,7 +97,7 @@ class TavilyBackend:
                 headers={"X-Request-ID": ctx.request_id},
             ) as response:
                 await raise_for_upstream(self.name, response)
-                raw = await response.read()
+                raw = await read_capped(response, self.options.max_response_bytes, self.name)
                 status = response.status
         except aiohttp.ClientError as exc:
             raise transport_error(self.name, exc) from exc

@@ -25,6 +25,7 @@ from gateway.data.datasets import build_datasets
 from gateway.edge.access_log import access_log_middleware
 from gateway.edge.auth import auth_middleware
 from gateway.edge.body_limit import body_limit_middleware
+from gateway.edge.body_schema import BodyChecks, body_checks_key
 from gateway.edge.budget import budget_middleware
 from gateway.edge.client_ip import TrustedProxies, trusted_proxies_key
 from gateway.edge.compression import compression_middleware
@@ -171,9 +172,11 @@ def create_app(config: Config) -> web.Application:
 
 def add_routes(app: web.Application, route_defs: list[RouteDef]) -> None:
     specs = {}
+    checks = app[body_checks_key] = BodyChecks()
     for route in route_defs:
         added = app.router.add_route(route.method, route.path, route.handler)
         specs[added] = route.spec
+        checks.for_spec(route.spec)  # each published schema compiled once, at start
     app[route_specs_key] = specs
 
 

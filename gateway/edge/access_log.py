@@ -146,5 +146,6 @@ def _record_usage(
             usage.audio_bytes,
             usage.images,
             usage.image_size,
+            usage.outcome,
         )
     )

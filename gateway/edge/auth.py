@@ -1,8 +1,10 @@
 """Who is calling: the API key from ``Authorization: Bearer``, ``X-API-Key`` or, on OData
 routes where BI tools can send nothing else, HTTP Basic with the key as the password.
 
-Public routes (probes, metrics) pass without a key. A missing or unknown key is 401; a key
-without the route's scope is 403.
+Public routes (probes, metrics) pass without a key. A key this replica does not know is
+looked up in the state store once (`gateway.edge.key_lookup`), so a key made on another
+replica a moment ago works. A missing or unknown key is 401; a key without the route's
+scope is 403.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from aiohttp.typedefs import Handler
 from gateway.config import config_key
 from gateway.edge.client_ip import request_ip
 from gateway.edge.error_answers import route_spec
+from gateway.edge.key_sync import unknown_keys_key
 from gateway.edge.keytable import key_table_key
-from gateway.edge.principal import principal_key
+from gateway.edge.principal import Principal, principal_key
 from gateway.edge.request_id import request_id_key
 from gateway.errors import Forbidden, Unauthorized
 from gateway.ops.logs import log_context
@@ -69,6 +72,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     table = request.app[key_table_key]
     principal = table.lookup(key)
     if principal is None:
+        principal = await _looked_up(request, key)
+    if principal is None:
         key_id, reason = table.why_refused(key)
         _audit_refusal(request, reason, key_id)
         message = "this API key has been revoked" if reason == "revoked" else "invalid API key"
@@ -87,6 +92,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             f"this key lacks the {spec.scope!r} scope", code="scope_missing", should_retry=False
         )
     return await handler(request)
+
+
+async def _looked_up(request: web.Request, key: str) -> Principal | None:
+    """A key this replica has not seen may have been made on another a moment ago."""
+    unknown = request.app.get(unknown_keys_key)
+    if unknown is None or request.app[key_table_key].why_refused(key)[1] != "unknown":
+        return None
+    return await unknown.look_up(key, request_ip(request))
 
 
 def _audit_refusal(request: web.Request, reason: str, key_id: str | None) -> None:

@@ -15,6 +15,7 @@ from gateway.edge.principal import principal_key
 from gateway.edge.request_id import request_id_key
 from gateway.errors import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, TollwayError
 from gateway.ops.error_tracking import error_tracker_key
+from gateway.ops.metrics import metrics_key
 from gateway.routing import RouteSpec, route_specs_key
 
 __all__ = ["error_response", "errors_middleware", "route_spec"]
@@ -85,6 +86,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         return _answer(request, from_http_exception(exc))
+    except web.RequestPayloadError:
+        return _broken_body(request)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -99,6 +102,19 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             },
         )
         return _answer(request, TollwayError("internal error; the request id identifies it"))
+
+
+def _broken_body(request: web.Request) -> web.Response:
+    """A body the parser refused while the handler read it (a bad chunk): a 400, counted
+    with the parser's refusals, and the connection closed: the rest of it is unreadable."""
+    _log.warning("request body refused by the HTTP parser", extra={"route": route_label(request)})
+    request.app[metrics_key].http_refusals.labels("invalid_body_framing").inc()
+    request.content.feed_eof()  # nothing left to read: aiohttp's lingering read is skipped
+    response = _answer(
+        request, BadRequest("the request body's framing is invalid", code="invalid_body_framing")
+    )
+    response.force_close()
+    return response
 
 
 def _answer(request: web.Request, error: TollwayError) -> web.Response:

@@ -13,6 +13,7 @@ from typing import Final
 from aiohttp import web
 
 from gateway.edge.request_id import request_id_key, started_key
+from gateway.ops.lifecycle import state_key
 from gateway.ops.request_usage import usage_key
 from gateway.resilience.limiter import Decision
 
@@ -45,6 +46,11 @@ def rate_limit_headers(decision: Decision) -> dict[str, str]:
 
 async def add_common_headers(request: web.Request, response: web.StreamResponse) -> None:
     headers = response.headers
+    if request.app[state_key].draining:
+        # aiohttp wrote its Connection header before this hook: set both, so the
+        # client is told and the connection really closes after this answer.
+        response.force_close()
+        headers["Connection"] = "close"
     request_id = request.get(request_id_key)
     if request_id is not None:
         headers["X-Request-ID"] = request_id

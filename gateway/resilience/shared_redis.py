@@ -11,16 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import redis.asyncio as aioredis
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from backends.base import Health
 from gateway.errors import CircuitOpen
 from gateway.ops.metrics import Metrics
 from gateway.resilience.breaker import BreakerState, CircuitBreaker
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 __all__ = ["RedisDown", "RedisHealth", "SharedRedis"]
 
@@ -43,8 +44,14 @@ class SharedRedis:
         failures: int = 3,
         reset_s: float = 2.0,
     ) -> None:
+        # Imported here, not at the top: without `redis:` configured the process never
+        # loads redis-py (and the cryptography it pulls in), some 13 MB of memory.
+        import redis.asyncio as aioredis
+        from redis.exceptions import RedisError
+
         self.prefix = prefix
         self.timeout_s = timeout_s
+        self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
         self.client: aioredis.Redis = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout_s,
@@ -78,7 +85,7 @@ class SharedRedis:
         try:
             async with asyncio.timeout(self.timeout_s):
                 result = await call(self.client)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except self._errors as exc:
             self._metrics.redis_errors.inc()
             self.breaker.record_failure(probe, type(exc).__name__)
             raise RedisDown() from exc

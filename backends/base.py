@@ -79,7 +79,13 @@ class Factory(Protocol):
     """
 
     def __call__(
-        self, name: str, options: Mapping[str, Any], *, timeout_s: float, connect_timeout_s: float
+        self,
+        name: str,
+        options: Mapping[str, Any],
+        *,
+        timeout_s: float,
+        connect_timeout_s: float,
+        max_response_bytes: int,
     ) -> Backend: ...
 
 

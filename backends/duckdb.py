@@ -42,7 +42,12 @@ _OWN_OPTIONS = frozenset({"path", "threads", "memory_limit", "demo"})
 
 
 def create(
-    name: str, options: Mapping[str, Any], *, timeout_s: float, connect_timeout_s: float
+    name: str,
+    options: Mapping[str, Any],
+    *,
+    timeout_s: float,
+    connect_timeout_s: float,
+    max_response_bytes: int = 64 * 1024 * 1024,
 ) -> Backend:
     reject_unknown_options(options, _OWN_OPTIONS, "duckdb")
     path = options.get("path", ":memory:")

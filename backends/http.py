@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol, cast
 
 import aiohttp
 import orjson
@@ -18,30 +18,42 @@ from gateway.errors import (
     BackendTimeout,
     BackendUnavailable,
     BackendUnreachable,
+    ResponseTooLarge,
     UpstreamHTTPError,
 )
 
 __all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "HTTPOptions",
     "new_pool",
+    "ResponseMeter",
     "new_session",
     "option_number",
     "option_string",
     "raise_for_upstream",
+    "read_capped",
     "retry_after_s",
+    "too_large",
     "transport_error",
 ]
 
 # Headers an adapter sends on every call; the caller's own headers never reach upstream.
 USER_AGENT = "tollway"
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
 class HTTPOptions:
     """The options every HTTP adapter reads from its backend's config section."""
 
-    __slots__ = ("api_key", "base_url", "extra_headers", "max_connections")
+    __slots__ = ("api_key", "base_url", "extra_headers", "max_connections", "max_response_bytes")
 
-    def __init__(self, options: Mapping[str, Any], *, default_base_url: str | None) -> None:
+    def __init__(
+        self,
+        options: Mapping[str, Any],
+        *,
+        default_base_url: str | None,
+        max_response_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
         base_url = option_string(options, "base_url", default_base_url)
         if base_url is None:
             raise OptionError("base_url", "required: the provider's API root, e.g. https://…/v1")
@@ -50,6 +62,9 @@ class HTTPOptions:
         self.base_url = base_url.rstrip("/")
         self.api_key = option_string(options, "api_key", None) or None
         self.max_connections = int(option_number(options, "max_connections", 100, minimum=1))
+        self.max_response_bytes = max_response_bytes
+        """The most bytes one answer (a JSON body, or a whole stream) may bring: the
+        backend's ``max_response_bytes``, a key every backend has."""
         headers = options.get("headers", {})
         if not isinstance(headers, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
@@ -122,7 +137,7 @@ def new_pool(options: HTTPOptions, *, connect_timeout_s: float) -> Pool:
     )
 
 
-class UpstreamAnswer(Protocol):
+class AnyAnswer(Protocol):
     """An answer's status and headers, and its body on demand: what both clients give."""
 
     @property
@@ -132,6 +147,53 @@ class UpstreamAnswer(Protocol):
     def headers(self) -> Mapping[str, str]: ...
 
     async def read(self) -> bytes: ...
+
+
+class UpstreamAnswer(AnyAnswer, Protocol):
+    """The lean client's answer, read chunk by chunk."""
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+
+def too_large(backend: str, limit: int) -> ResponseTooLarge:
+    """The upstream's answer passed `max_response_bytes`: refused, not retried, and not a
+    breaker failure (the backend answered; the answer is what is wrong)."""
+    return ResponseTooLarge(
+        f"backend {backend!r} answered more than {limit} bytes (its max_response_bytes)",
+        backend=backend,
+        should_retry=False,
+    )
+
+
+async def read_capped(response: UpstreamAnswer, limit: int, backend: str) -> bytes:
+    """The body, counted while it arrives: past `limit` bytes the read stops (the rest is
+    never held in memory) and `too_large` is raised."""
+    declared = response.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(backend, limit)
+    meter = ResponseMeter(limit, backend)
+    return b"".join([chunk async for chunk in meter.counted(response.chunks())])
+
+
+class ResponseMeter:
+    """Counts a streamed answer's bytes; `add` raises `too_large` past the limit."""
+
+    __slots__ = ("_backend", "_limit", "seen")
+
+    def __init__(self, limit: int, backend: str) -> None:
+        self._limit = limit
+        self._backend = backend
+        self.seen = 0
+
+    def add(self, size: int) -> None:
+        self.seen += size
+        if self.seen > self._limit:
+            raise too_large(self._backend, self._limit)
+
+    async def counted(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            self.add(len(chunk))
+            yield chunk
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
@@ -177,12 +239,12 @@ def transport_error(backend: str, exc: BaseException) -> BackendError:
     return BackendUnavailable(message, backend=backend, retry_after=1)
 
 
-async def raise_for_upstream(backend: str, response: UpstreamAnswer) -> None:
+async def raise_for_upstream(backend: str, response: AnyAnswer) -> None:
     """Raise `UpstreamHTTPError` for an error status, keeping the upstream's message,
     type, code and param (OpenAI's shape, or Tavily's ``detail.error``)."""
     if response.status < 400:
         return
-    raw = await response.read()
+    raw = await _error_body(response)
     if response.status in (401, 403):
         # The provider refused Tollway's own credentials: an operator's problem, and the
         # provider's message may quote part of the key. The client learns neither.
@@ -207,6 +269,23 @@ async def raise_for_upstream(backend: str, response: UpstreamAnswer) -> None:
         if response.status < 500 and response.status not in (408, 409, 429)
         else None,
     )
+
+
+async def _error_body(response: AnyAnswer, limit: int = 1024 * 1024) -> bytes:
+    """An error answer's body, at most `limit` bytes of it: enough for any message."""
+    parts: list[bytes] = []
+    size = 0
+    chunks = (
+        response.content.iter_any()
+        if isinstance(response, aiohttp.ClientResponse)
+        else cast(UpstreamAnswer, response).chunks()
+    )
+    async for chunk in chunks:
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(parts)[:limit]
 
 
 def _error_fields(raw: bytes) -> tuple[str | None, str | None, str | None, str | None]:

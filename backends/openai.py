@@ -7,7 +7,8 @@ default OpenAI's), ``api_key``, ``headers`` (extra static headers, e.g.
 default 15: past it the call fails over) and ``idle_timeout_s`` (alias
 ``stream_idle_timeout_s``: the longest silence between a stream's events, default 30),
 ``done_drain_s`` (how long to read on after ``[DONE]`` for the upstream to end its answer,
-so the connection can be reused, default 0.5).
+so the connection can be reused, default 0.5), ``max_response_bytes`` (the most one answer
+may bring, a JSON body or a whole stream, counted as it arrives; default 64 MiB).
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ from backends.base import (
 )
 from backends.http import (
     HTTPOptions,
+    ResponseMeter,
     new_pool,
     new_session,
     option_number,
     raise_for_upstream,
+    read_capped,
     transport_error,
 )
 from backends.http_client import HTTPClientError, Pool
@@ -52,13 +55,20 @@ _HEALTH_TIMEOUT_S = 3.0
 
 
 def create(
-    name: str, options: Mapping[str, Any], *, timeout_s: float, connect_timeout_s: float
+    name: str,
+    options: Mapping[str, Any],
+    *,
+    timeout_s: float,
+    connect_timeout_s: float,
+    max_response_bytes: int = 64 * 1024 * 1024,
 ) -> Backend:
 
     reject_unknown_options(options, _OWN_OPTIONS, "openai")
     return OpenAIBackend(
         name,
-        HTTPOptions(options, default_base_url=DEFAULT_BASE_URL),
+        HTTPOptions(
+            options, default_base_url=DEFAULT_BASE_URL, max_response_bytes=max_response_bytes
+        ),
         connect_timeout_s=connect_timeout_s,
         first_token_timeout_s=option_number(options, "first_token_timeout_s", 15.0, minimum=0.01),
         idle_timeout_s=option_number(
@@ -190,7 +200,7 @@ class OpenAIBackend:
                 idle_timeout_s=self.first_token_timeout_s,
             ) as answer:
                 await raise_for_upstream(self.name, answer)
-                raw = await answer.read()
+                raw = await read_capped(answer, self.options.max_response_bytes, self.name)
                 return JSONResponse(answer.status, raw, passed_headers(answer.headers))
         except TimeoutError:
             raise BackendTimeout(
@@ -219,7 +229,8 @@ class OpenAIBackend:
                 idle_after_first_s=self.idle_timeout_s,
             ) as answer:
                 await raise_for_upstream(self.name, answer)
-                async for events in sse_events(answer.chunks()):
+                meter = ResponseMeter(self.options.max_response_bytes, self.name)
+                async for events in sse_events(meter.counted(answer.chunks())):
                     yield events
         except TimeoutError:
             raise BackendTimeout(

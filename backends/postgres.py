@@ -72,7 +72,12 @@ _UNAVAILABLE = (
 
 
 def create(
-    name: str, options: Mapping[str, Any], *, timeout_s: float, connect_timeout_s: float
+    name: str,
+    options: Mapping[str, Any],
+    *,
+    timeout_s: float,
+    connect_timeout_s: float,
+    max_response_bytes: int = 64 * 1024 * 1024,
 ) -> Backend:
     reject_unknown_options(options, _OWN_OPTIONS, "postgres")
     if ("dsn" in options) == ("dsn_encrypted" in options):

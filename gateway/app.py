@@ -26,12 +26,13 @@ from gateway.data.datasets import build_datasets
 from gateway.edge.access_log import AccessLog
 from gateway.edge.auth import Authenticator
 from gateway.edge.body_limit import BodyLimits
+from gateway.edge.body_schema import BodyChecks, body_checks_key
 from gateway.edge.budget import Budgets
 from gateway.edge.client_ip import TrustedProxies, trusted_proxies_key
 from gateway.edge.compression import Compressor
 from gateway.edge.headers import add_common_headers
 from gateway.edge.ip_limit import IpLimits
-from gateway.edge.key_sync import key_sync_context
+from gateway.edge.key_sync import key_sync_context, unknown_keys_key
 from gateway.edge.keytable import KeyTable, key_table_key
 from gateway.edge.pipeline import Pipeline, pipeline_key
 from gateway.edge.rate_limit import RateLimits
@@ -177,9 +178,11 @@ def create_app(config: Config) -> web.Application:
 
 def add_routes(app: web.Application, route_defs: list[RouteDef]) -> None:
     specs = {}
+    checks = app[body_checks_key] = BodyChecks()
     for route in route_defs:
         added = app.router.add_route(route.method, route.path, route.handler)
         specs[added] = route.spec
+        checks.for_spec(route.spec)  # each published schema compiled once, at start
     app[route_specs_key] = specs
 
 
@@ -190,7 +193,7 @@ async def _start_front_door(app: web.Application) -> None:
     service = app.get(state_service_key)
     lines = AccessLines(asyncio.get_running_loop())
     pipeline.access_log.start(lines, service.usage if service is not None else None)
-    pipeline.auth.audit_to(service)
+    pipeline.auth.start(service, app.get(unknown_keys_key))
     pipeline.plan(app[route_specs_key])
 
 

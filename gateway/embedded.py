@@ -1,6 +1,6 @@
 """What `tollway serve` tells the person who started it: where Tollway listens and, on
-the embedded default (no config file), the demo key it made for this run and which
-providers it found keys for."""
+the embedded default (no config file), the demo key it made for this run, where the admin
+console is when it is served, and which providers it found keys for."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ def banner(config: Config, host: str, port: int) -> str:
             "No config given: serving the embedded default.",
             f"Demo key (shown once; it changes at every start): {config.demo_key}",
         ]
+    if config.server.console:
+        where = "sign in with the demo key" if config.demo_key else "sign in with an admin key"
+        lines.append(f"Admin console: http://{host}:{port}/console/ ({where})")
     if config.providers:
         found = [f"{name} ({env})" for name, env, present in config.providers if present]
         missing = [env for _name, env, present in config.providers if not present]

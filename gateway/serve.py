@@ -1,8 +1,11 @@
 """Run the app on a socket until SIGTERM or SIGINT, then drain.
 
-Draining: readiness turns 503, the listening socket closes, idle keep-alive connections
-close, in-flight requests and streams get up to `server.shutdown_timeout_s` to finish,
-then the cleanup contexts close pools and flush buffers.
+Draining (`gateway.edge.drain`): readiness turns 503, the listening socket closes,
+requests on open connections are still answered (with ``Connection: close``), idle
+connections close once quiet, streams are ended honestly at their share of
+`server.shutdown_timeout_s`, and the rest get the whole timeout. aiohttp's own shutdown
+then closes what is left within `_FINAL_GRACE_S`, and the cleanup contexts flush usage and
+close pools, so the process exits within the timeout plus about two seconds.
 """
 
 from __future__ import annotations
@@ -17,12 +20,18 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import Config
+from gateway.edge.drain import drain
 from gateway.edge.header_deadline import HeaderDeadlineSite
-from gateway.ops.lifecycle import state_key
+from gateway.edge.refusals import ParserRefusals
+from gateway.ops.metrics import metrics_key
 
 __all__ = ["serve", "run"]
 
 _log = logging.getLogger("tollway.serve")
+
+_FINAL_GRACE_S = 0.5
+"""After the drain: how long aiohttp waits for a handler still running before it cancels
+it (and again for the cancellation to finish)."""
 
 
 async def serve(
@@ -37,7 +46,7 @@ async def serve(
     runner = web.AppRunner(
         app,
         handle_signals=False,
-        shutdown_timeout=server.shutdown_timeout_s,
+        shutdown_timeout=_FINAL_GRACE_S,
         keepalive_timeout=server.keepalive_timeout_s,
         access_log=None,
         # A client that hangs up cancels its handler, so an upstream call or stream made
@@ -58,6 +67,9 @@ async def serve(
             server.host,
             server.port,
             header_timeout_s=server.header_timeout_s,
+            refusals=ParserRefusals(
+                app[metrics_key].http_refusals, log_per_minute=server.refusal_logs_per_minute
+            ),
             reuse_port=server.workers > 1,
             backlog=1024,
         )
@@ -67,8 +79,14 @@ async def serve(
         if on_ready is not None:
             on_ready(addresses)
         await stop.wait()
-        _log.info("draining", extra={"timeout_s": server.shutdown_timeout_s})
-        app[state_key].draining = True
+        await drain(
+            app,
+            runner.sites,
+            site.connections,
+            timeout_s=server.shutdown_timeout_s,
+            stream_share=server.stream_drain_share,
+            idle_s=server.drain_idle_s,
+        )
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -49,6 +49,8 @@ class FakeProvider(SurfaceEndpoints):
         self._scripts: dict[str, deque[str]] = defaultdict(deque)
         self.disconnected = asyncio.Event()
         self.stream_gap_s = 0.0
+        self.stream_pieces: list[str] = ["Hel", "lo", " there"]
+        """The content deltas of a streamed answer, one event each (`stream_gap_s` apart)."""
         self.first_event_delay_s = 2.0
         self.hang_s = 30.0
         self.slow_s = 0.3
@@ -56,6 +58,8 @@ class FakeProvider(SurfaceEndpoints):
         self._outages: list[tuple[str, float, float, str]] = []
         self._answers: dict[str, list[str]] = {}
         self._prefill_refused: set[str] = set()
+        self.huge_bytes = 100 * 1024 * 1024
+        self.huge_sent = 0
 
     def script(self, kind: str, *modes: str) -> None:
         self._scripts[kind].extend(modes)
@@ -136,6 +140,8 @@ class FakeProvider(SurfaceEndpoints):
             await asyncio.sleep(float(mode.partition(":")[2]))  # a JSON answer's first byte
         if body.get("stream") and self._answers_by_tokens(body, mode):
             return await self._stream_tokens(request, body, mode)
+        if mode == "huge":
+            return await self._huge(request)
         if body.get("stream"):
             return await self._stream(request, body, mode)
         return web.json_response(
@@ -156,13 +162,30 @@ class FakeProvider(SurfaceEndpoints):
             headers={"x-request-id": "upstream-req", "openai-processing-ms": "3"},
         )
 
+    async def _huge(self, request: web.Request) -> web.StreamResponse:
+        """A JSON answer of `huge_bytes`, written a megabyte at a time without a length;
+        `huge_sent` says how much went out before the reader hung up."""
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        self.huge_sent = 0
+        piece = b'{"choices": [{"message": {"content": "' + b"x" * (1024 * 1024)
+        try:
+            while self.huge_sent < self.huge_bytes:
+                await response.write(piece)
+                self.huge_sent += len(piece)
+            await response.write(b'"}}]}')
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.disconnected.set()
+        return response
+
     async def _stream(self, request: web.Request, body: Any, mode: str) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         try:
             if mode == "slow-first":
                 await asyncio.sleep(self.first_event_delay_s)
-            for index, piece in enumerate(["Hel", "lo", " there"]):
+            for index, piece in enumerate(self.stream_pieces):
                 if mode == "malformed" and index == 1:
                     await response.write(b"data: {not json\n\n")
                     continue

@@ -71,6 +71,20 @@ def test_missing_env_variable_names_the_key() -> None:
          'keys[0].scopes: unknown scope "root"'),
         ({"cache": {"backend": "redis"}}, "cache.backend: redis needs"),
         ({"server": {"trusted_proxies": ["not-an-ip"]}}, "server.trusted_proxies[0]: expected"),
+        ({"server": {"stream_drain_share": 1.5}}, "server.stream_drain_share: must be more"),
+        ({"server": {"stream_drain_share": 0}}, "server.stream_drain_share: must be more"),
+        ({"server": {"drain_idle_s": -1}}, "server.drain_idle_s: must be at least 0"),
+        ({"server": {"unknown_key_cache_s": "long"}},
+         'server.unknown_key_cache_s: expected a number, got "long"'),
+        ({"server": {"key_lookup_timeout_s": -0.5}},
+         "server.key_lookup_timeout_s: must be at least 0"),
+        ({"limits": {"key_lookups_per_ip": ["often"]}}, "limits.key_lookups_per_ip[0]:"),
+        ({"server": {"refusal_logs_per_minute": 0}},
+         "server.refusal_logs_per_minute: must be at least 1"),
+        ({"server": {"shutdown_timeout_s": float("nan")}},
+         "server.shutdown_timeout_s: expected a finite number"),
+        ({"backends": {"g": {"type": "openai", "timeout_s": float("inf")}}},
+         "backends.g.timeout_s: expected a finite number"),
     ],
 )  # fmt: skip
 def test_wrong_value_is_refused_naming_the_key(data: dict[str, object], message: str) -> None:
@@ -134,3 +148,21 @@ def test_keys_new_prints_a_key_and_its_hash() -> None:
     key, key_hash = lines["key"].strip(), lines["hash"].strip()
     assert len(key) >= 40
     assert run_cli("keys", "hash", key).stdout.strip() == key_hash
+
+
+@pytest.mark.parametrize(
+    ("backend", "message"),
+    [
+        ({"type": "openai", "max_response_bytes": 0}, "backends.b.max_response_bytes: must be"),
+        ({"type": "tavily", "max_response_bytes": "big"},
+         "backends.b.max_response_bytes: expected a whole number"),
+    ],
+)  # fmt: skip
+def test_a_wrong_max_response_bytes_is_refused_naming_the_key(
+    backend: dict[str, object], message: str
+) -> None:
+    from gateway.app import check_config
+
+    with pytest.raises(ConfigError) as raised:  # a key every backend has, read with the rest
+        check_config(parse_config({"backends": {"b": backend}}, env={}, source="t"))
+    assert str(raised.value).startswith(message)

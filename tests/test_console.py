@@ -176,3 +176,83 @@ async def test_console_end_to_end_in_chromium(
         await browser.close()
     assert dialogs == []  # the key name's onerror never ran
     assert problems == [], problems
+
+
+async def test_before_sign_in_only_the_form_shows_and_the_keys_table_fits_a_phone(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    from playwright.async_api import async_playwright
+
+    executable = chromium_path()
+    config = make_config({"server": {"console": True}, "state": f"sqlite:///{tmp_path / 's.db'}"})
+    client = await aiohttp_client(create_app(config))
+    base = str(client.make_url("")).rstrip("/")
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        page = await browser.new_page(viewport={"width": 390, "height": 844})
+        await page.goto(f"{base}/console/")
+        await page.wait_for_selector("#sign-in-form")
+        assert await page.is_visible("#sign-in-form")
+        for hidden in ("#tabs", "#tabs [data-tab=keys]", "#sign-out", "#keys", "#usage",
+                       "#audit", "#health"):  # fmt: skip
+            assert not await page.is_visible(hidden), hidden
+        await page.fill("#admin-key", ADMIN_KEY)
+        await page.click("#sign-in-form button")
+        await page.wait_for_selector("#keys-table tbody tr")
+        assert await page.is_visible("#tabs [data-tab=keys]")
+        rows = page.locator("#keys-table tbody tr")
+        assert await rows.count() >= 3
+        for index in range(await rows.count()):
+            for label in ("State", "Actions"):
+                cell = rows.nth(index).locator(f"td[data-label={label}]")
+                box = await cell.bounding_box()
+                assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (
+                    index, label, box,
+                )  # fmt: skip
+        revoke = rows.first.locator("button.revoke")
+        revoke_box = await revoke.bounding_box()
+        assert revoke_box is not None and revoke_box["x"] + revoke_box["width"] <= 390
+        overflow = await page.evaluate(
+            "() => { const s = document.querySelector('#keys .scroll');"
+            " return s.scrollWidth - s.clientWidth; }"
+        )
+        assert overflow <= 0  # nothing to swipe to
+        await page.screenshot(path=str(SCREENS / "keys-390-stacked.png"), full_page=True)
+        await browser.close()
+
+
+def test_the_embedded_default_serves_the_console_and_prints_its_url(
+    tmp_path: Path, unused_tcp_port: int
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    env = {**os.environ, "TOLLWAY_PORT": str(unused_tcp_port), "PYTHONPATH": os.getcwd()}
+    env.pop("TOLLWAY_CONFIG", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve"], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{unused_tcp_port}/console/"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    assert response.status == 200
+                    assert b"sign-in-form" in response.read()
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the console never answered"
+                time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    lines = output.splitlines()
+    demo = next(i for i, line in enumerate(lines) if line.startswith("Demo key"))
+    assert lines[demo + 1] == f"Admin console: {url} (sign in with the demo key)"

@@ -88,7 +88,22 @@ def test_the_compose_config_is_a_valid_tollway_config_that_agrees_with_nginx() -
     assert subnet in config.server.trusted_proxies
     assert config.redis == "redis://redis:6379/0" and config.state.startswith("postgresql://")
     grace = int(COMPOSE["services"]["tollway"]["stop_grace_period"].rstrip("s"))
-    assert grace > config.server.shutdown_timeout_s
+    assert grace >= config.server.shutdown_timeout_s + 2  # the drain, then the exit
+
+
+def test_nginx_closes_idle_upstream_connections_before_a_draining_tollway_would() -> None:
+    """What the load balancer must be told for a drain without resets: its upstream
+    keep-alive is shorter than Tollway's drain_idle_s (and keepalive_timeout_s), and it
+    retries refused connections and 503s elsewhere, never a POST that may have arrived."""
+    config = load_config(str(ROOT / "deploy/tollway/tollway.yaml"), env=ENV_EXAMPLE)
+    nginx = (ROOT / "nginx/nginx.conf").read_text()
+    upstream = re.search(r"upstream tollway \{(.*?)\}", nginx, re.S)
+    assert upstream is not None
+    keepalive = re.search(r"keepalive_timeout (\d+)s;", upstream.group(1))
+    assert keepalive is not None
+    assert int(keepalive.group(1)) < config.server.drain_idle_s < config.server.keepalive_timeout_s
+    retry = re.findall(r"^\s*proxy_next_upstream ([^;]*);", nginx, re.M)
+    assert retry == ["error timeout http_503"]  # no non_idempotent: a POST is never resent
 
 
 def test_the_compose_environment_of_tollway_reaches_its_config() -> None:

@@ -187,6 +187,46 @@ async def test_a_stream_ended_for_shutdown_gets_an_error_event_and_a_proper_end(
     service = client.app[state_service_key]
     await service.usage.flush()
     rows = await service.store.fetch(
-        "SELECT status, tokens_out FROM tollway_usage WHERE request_id = ?", ("drain-1",)
+        "SELECT status, outcome, tokens_out FROM tollway_usage WHERE request_id = ?",
+        ("drain-1",),
     )
-    assert [tuple(r) for r in rows] == [(503, 0)]
+    # cut by shutdown, with the one content chunk relayed so far as its output tokens
+    assert [tuple(r) for r in rows] == [(503, "shutdown", 1)]
+
+
+async def test_a_stream_past_max_response_bytes_ends_with_an_error_event(
+    tollway: Tollway, fake: FakeProvider
+) -> None:
+    fake.stream_pieces = ["word " * 40] * 30  # ~7 KB of events, one network read each
+    fake.stream_gap_s = 0.01
+    client = await tollway({"backends": {"openai": {"max_response_bytes": 2000}}})
+    response = await client.post(
+        "/v1/chat/completions",
+        json={"model": "solo", "messages": HI, "stream": True},
+        headers={"Authorization": f"Bearer {USER_KEY}"},
+    )
+    assert response.status == 200
+    events = [e for e in (await response.read()).split(b"\n\n") if e]
+    assert 1 <= len(events) < 30
+    assert b'"code":"response_too_large"' in events[-1]
+
+
+async def test_a_json_answer_past_max_response_bytes_is_502_without_reading_it_all(
+    tollway: Tollway, fake: FakeProvider
+) -> None:
+    client = await tollway({"backends": {"openai": {"max_response_bytes": 1024 * 1024}}})
+    fake.script("chat", "huge")
+    started = time.monotonic()
+    response = await client.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": HI},
+        headers={"Authorization": f"Bearer {USER_KEY}"},
+    )
+    assert response.status == 502
+    error = (await response.json())["error"]
+    assert error["code"] == "response_too_large" and "max_response_bytes" in error["message"]
+    assert response.headers["X-Should-Retry"] == "false"
+    assert time.monotonic() - started < 5
+    await asyncio.wait_for(fake.disconnected.wait(), 5)
+    assert fake.huge_sent < 16 * 1024 * 1024  # the rest of the 100 MB was never read
+    assert fake.hits("chat") == 1  # neither retried nor sent to the fallback model

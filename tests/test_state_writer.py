@@ -127,3 +127,120 @@ async def test_past_the_buffer_records_spill_and_a_restart_replays_them_once(
         assert [r[0] for r in rows] == [f"r{i}" for i in range(10)]
     finally:
         await store.close()
+
+
+def service_for(store: Any, tmp_path: Path) -> Any:
+    from gateway.ops.metrics import Metrics
+    from gateway.state.service import StateService
+
+    return StateService(store, tmp_path / "spill", Metrics())
+
+
+def record(request_id: str, outcome: str | None = "completed") -> tuple[Any, ...]:
+    """A record as the access log writes it: the columns, the details, the outcome."""
+    return (*usage(request_id), 0, 0, 0.0, 0, 0, None, outcome)
+
+
+async def test_a_usage_record_written_twice_is_stored_once(state_url: str, tmp_path: Path) -> None:
+    store = open_store(state_url)
+    await store.migrate()
+    service = service_for(store, tmp_path)
+    try:
+        twice = record("same-id")
+        service.usage.add(twice)
+        service.usage.add(twice)
+        assert await service.usage.flush() is True
+        service.usage.add(twice)  # and again in a later batch
+        service.usage.add(record("other-id"))
+        assert await service.usage.flush() is True
+        rows = await store.fetch(
+            "SELECT request_id, outcome FROM tollway_usage ORDER BY request_id"
+        )
+        assert [tuple(r) for r in rows] == [("other-id", "completed"), ("same-id", "completed")]
+    finally:
+        await store.close()
+
+
+async def test_a_flush_cancelled_while_its_insert_runs_neither_loses_nor_repeats_a_record(
+    tmp_path: Path,
+) -> None:
+    """The store commits on its own thread whatever the caller does (SQLite's case): a
+    flush cancelled meanwhile must not leave those records buffered for the next flush."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    stored: list[str] = []
+    thread = ThreadPoolExecutor(1)
+    started = threading.Event()
+
+    def commit(rows: Sequence[Sequence[Any]]) -> None:
+        started.set()
+        time.sleep(0.3)  # the insert runs on; the caller gives up waiting meanwhile
+        stored.extend(r[2] for r in rows)
+
+    async def insert(rows: Sequence[Sequence[Any]]) -> None:
+        await asyncio.get_running_loop().run_in_executor(thread, commit, rows)
+
+    writer = BatchWriter("usage", insert, tmp_path / "spill" / "usage.spill.jsonl", batch=50)
+    for i in range(120):
+        writer.add(usage(f"r{i}"))
+    flushing = asyncio.ensure_future(writer.flush())
+    await asyncio.to_thread(started.wait, 2)
+    flushing.cancel()  # as a shutdown cancels the writer's loop mid-flush
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    await writer.close(timeout_s=5)
+    thread.shutdown(wait=True)
+    assert sorted(stored) == sorted(f"r{i}" for i in range(120))  # each exactly once
+    assert not writer.spill_path.exists()
+
+
+async def test_a_spill_file_replayed_over_records_already_stored_adds_none_twice(
+    state_url: str, tmp_path: Path
+) -> None:
+    store = open_store(state_url)
+    await store.migrate()
+    service = service_for(store, tmp_path)
+    try:
+        records = [record(f"r{i}") for i in range(6)]
+        for item in records[:4]:
+            service.usage.add(item)
+        assert await service.usage.flush() is True
+        # A replay whose first part had reached the store before the process was killed;
+        # one line is from an older version, without an outcome.
+        lines = [json.dumps(r) for r in records] + [json.dumps(usage("old-format"))]
+        service.usage.spill_path.parent.mkdir(parents=True, exist_ok=True)
+        service.usage.spill_path.write_text("\n".join(lines) + "\n")
+        assert await service.usage.flush() is True
+        rows = await store.fetch("SELECT request_id, outcome FROM tollway_usage")
+        assert sorted(r[0] for r in rows) == sorted([f"r{i}" for i in range(6)] + ["old-format"])
+        assert dict((r[0], r[1]) for r in rows)["old-format"] is None
+    finally:
+        await store.close()
+
+
+async def test_upgrading_the_store_drops_duplicate_usage_rows_and_enforces_one_per_request(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:  # a store as the first version left it, with the bug
+        old.execute("CREATE TABLE tollway_migrations (version INTEGER PRIMARY KEY, "
+                    "applied_at DOUBLE PRECISION NOT NULL)")  # fmt: skip
+        for statement in MIGRATIONS[0][1]:
+            old.execute(statement)
+        old.execute("INSERT INTO tollway_migrations VALUES (1, 0)")
+        marks = ", ".join("?" * 16)
+        duplicate = usage("dup")
+        rows = [duplicate, duplicate, usage("single"), (*usage("x")[:2], None, *usage("x")[3:])]
+        old.executemany(f"INSERT INTO tollway_usage ({USAGE_COLUMNS}) VALUES ({marks})", rows)
+    store = open_store(f"sqlite:///{path}")
+    try:
+        await store.migrate()
+        rows = await store.fetch("SELECT request_id FROM tollway_usage ORDER BY request_id")
+        assert [r[0] for r in rows] == [None, "dup", "single"]
+        await service_for(store, tmp_path)._insert_usage([record("dup")])
+        assert len(await store.fetch("SELECT 1 FROM tollway_usage WHERE request_id = 'dup'")) == 1
+    finally:
+        await store.close()

@@ -7,14 +7,17 @@ is in the answer once and nowhere else; no answer carries a key's hash.
 
 from __future__ import annotations
 
-import datetime as dt
 import secrets
 import time
+from collections.abc import Awaitable, Callable
+from functools import wraps
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
+from gateway.admin.params import key_id_param, limit_param, text_param, time_param
+from gateway.admin.schemas import CREATE_KEY, PATCH_KEY, ROTATE_KEY
 from gateway.config import KeyConfig, config_key
 from gateway.config.keyhash import key_digest, new_key
 from gateway.edge.body import read_json
@@ -22,11 +25,17 @@ from gateway.edge.client_ip import request_ip
 from gateway.edge.key_sync import key_sync_key
 from gateway.edge.principal import principal_key
 from gateway.edge.request_id import request_id_key
-from gateway.errors import BadRequest, NotFound, TollwayError
+from gateway.errors import BackendUnavailable, BadRequest, NotFound, TollwayError
 from gateway.routing import RouteDef, RouteSpec
-from gateway.state.key_changes import EDITABLE, MAX_GRACE_S, apply_changes, public_stored
+from gateway.state.key_changes import (
+    EDITABLE,
+    MAX_GRACE_S,
+    apply_changes,
+    check_text,
+    public_stored,
+)
 from gateway.state.service import StateService, state_service_key
-from gateway.state.store import StoredKey, StoreUnavailable
+from gateway.state.store import StoredKey, StoreRejected, StoreUnavailable
 
 __all__ = ["routes"]
 
@@ -90,8 +99,9 @@ async def create_key(request: web.Request) -> web.Response:
     if unknown:
         raise BadRequest(f"unknown field {unknown[0]!r}", param=unknown[0])
     tenant = body.get("tenant")
-    if not isinstance(tenant, str) or not tenant.strip() or len(tenant) > 128:
+    if not isinstance(tenant, str) or not tenant.strip():
         raise BadRequest("'tenant' must be a non-empty string", param="tenant")
+    check_text(tenant, "tenant", max_length=128)
     if "scopes" not in body:
         raise BadRequest("'scopes' is required", param="scopes")
     secret = new_key()
@@ -108,7 +118,7 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 async def _stored_or_404(request: web.Request) -> StoredKey:
-    key_id = request.match_info["id"]
+    key_id = key_id_param(request)
     key = await _service(request).keys.get(key_id)
     if key is None:
         if any(k.id == key_id for k in request.app[config_key].keys):
@@ -120,7 +130,7 @@ async def _stored_or_404(request: web.Request) -> StoredKey:
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    tenant = request.query.get("tenant")
+    tenant = text_param(request, "tenant")
     service = _service(request)
     revoked = await service.keys.revoked_config_ids()
     data = [_public_config(k, revoked) for k in request.app[config_key].keys]
@@ -131,7 +141,7 @@ async def list_keys(request: web.Request) -> web.Response:
 
 
 async def get_key(request: web.Request) -> web.Response:
-    key_id = request.match_info["id"]
+    key_id = key_id_param(request)
     for configured in request.app[config_key].keys:
         if configured.id == key_id:
             return _json(
@@ -159,14 +169,16 @@ async def patch_key(request: web.Request) -> web.Response:
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    key_id = request.match_info["id"]
+    """Idempotent: revoking a revoked key changes nothing and answers its first revocation."""
+    key_id = key_id_param(request)
     service = _service(request)
     now = time.time()
     if any(k.id == key_id for k in request.app[config_key].keys):
-        await service.keys.revoke_config_key(key_id, now)
-        _audit(request, "key.revoke", key_id, {"source": "config"})
-        await _refresh(request)
-        return _json({"id": key_id, "source": "config", "revoked": True, "revoked_at": now})
+        revoked_at = await service.keys.revoke_config_key(key_id, now)
+        if revoked_at == now:
+            _audit(request, "key.revoke", key_id, {"source": "config"})
+            await _refresh(request)
+        return _json({"id": key_id, "source": "config", "revoked": True, "revoked_at": revoked_at})
     key = await _stored_or_404(request)
     if key.revoked_at is None:
         key.revoked_at = now
@@ -201,25 +213,10 @@ async def rotate_key(request: web.Request) -> web.Response:
     return _json({**public_stored(key), "key": secret}, status=201)
 
 
-def _time_param(request: web.Request, name: str, default: float) -> float:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        pass
-    try:
-        parsed = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"'{name}' must be a unix time or an ISO 8601 date", param=name) from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
-
-
 async def usage(request: web.Request) -> web.Response:
     now = time.time()
-    start = _time_param(request, "from", now - 30 * 86400)
-    end = _time_param(request, "to", now + 1)
+    start = time_param(request, "from", now - 30 * 86400)
+    end = time_param(request, "to", now + 1)
     groups = [g for g in request.query.get("group_by", "key").split(",") if g]
     if not groups or any(g not in _GROUPS for g in groups):
         raise BadRequest(f"group_by: one or more of {', '.join(_GROUPS)}", param="group_by")
@@ -227,9 +224,10 @@ async def usage(request: web.Request) -> web.Response:
     where = ["at >= ?", "at < ?"]
     params: list[Any] = [start, end]
     for name, column in (("tenant", "tenant"), ("key_id", "key_id")):
-        if name in request.query:
+        value = text_param(request, name)
+        if value is not None:
             where.append(f"{column} = ?")
-            params.append(request.query[name])
+            params.append(value)
     sql = (
         f"SELECT {', '.join(columns)}, count(*), "
         "sum(CASE WHEN status >= 400 THEN 1 ELSE 0 END), sum(tokens_in), sum(tokens_out), "
@@ -257,22 +255,20 @@ async def audit(request: web.Request) -> web.Response:
     now = time.time()
     where = ["at >= ?", "at < ?"]
     params: list[Any] = [
-        _time_param(request, "from", now - 30 * 86400),
-        _time_param(request, "to", now + 1),
+        time_param(request, "from", now - 30 * 86400),
+        time_param(request, "to", now + 1),
     ]
     for name in ("action", "key_id"):
-        if name in request.query:
+        value = text_param(request, name)
+        if value is not None:
             where.append(f"{name} = ?")
-            params.append(request.query[name])
-    try:
-        limit = min(int(request.query.get("limit", "100")), 1000)
-    except ValueError:
-        raise BadRequest("'limit' must be a whole number", param="limit") from None
+            params.append(value)
+    limit = limit_param(request, "limit", 100, 1000)
     service = _service(request)
     await service.audit.flush()
     rows = await service.store.fetch(
         f"SELECT at, action, key_id, actor, request_id, client_ip, detail FROM tollway_audit "
-        f"WHERE {' AND '.join(where)} ORDER BY at DESC LIMIT {max(1, limit)}",
+        f"WHERE {' AND '.join(where)} ORDER BY at DESC LIMIT {limit}",
         params,
     )
     names = ("at", "action", "key_id", "actor", "request_id", "client_ip", "detail")
@@ -283,18 +279,48 @@ async def audit(request: web.Request) -> web.Response:
     return _json({"object": "list", "data": data})
 
 
+class StoreDown(BackendUnavailable):
+    default_code = "state_store_unavailable"
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _store_errors(handler: Handler) -> Handler:
+    """The state store's failures as short answers; the driver's text stays in the log."""
+
+    @wraps(handler)
+    async def answer(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except StoreUnavailable:
+            raise StoreDown(
+                "the state store is unavailable; retry shortly", retry_after=1
+            ) from None
+        except StoreRejected:
+            raise BadRequest("the state store refused this value", code="invalid_value") from None
+
+    return answer
+
+
 def routes() -> list[RouteDef]:
     table = (
-        ("POST", "/admin/keys", create_key, "Create a key; the secret is shown once"),
-        ("GET", "/admin/keys", list_keys, "Keys from the config and the store"),
-        ("GET", "/admin/keys/{id}", get_key, "One key"),
-        ("PATCH", "/admin/keys/{id}", patch_key, "Change a stored key"),
-        ("POST", "/admin/keys/{id}/revoke", revoke_key, "Revoke a key on every replica"),
-        ("POST", "/admin/keys/{id}/rotate", rotate_key, "A new secret, the old one in grace"),
-        ("GET", "/admin/usage", usage, "Usage, aggregated"),
-        ("GET", "/admin/audit", audit, "Admin actions and refused credentials"),
-    )
+        ("POST", "/admin/keys", create_key, "Create a key; the secret is shown once", CREATE_KEY),
+        ("GET", "/admin/keys", list_keys, "Keys from the config and the store", None),
+        ("GET", "/admin/keys/{id}", get_key, "One key", None),
+        ("PATCH", "/admin/keys/{id}", patch_key, "Change a stored key", PATCH_KEY),
+        ("POST", "/admin/keys/{id}/revoke", revoke_key, "Revoke a key on every replica", None),
+        ("POST", "/admin/keys/{id}/rotate", rotate_key, "A new secret, the old one in grace",
+         ROTATE_KEY),
+        ("GET", "/admin/usage", usage, "Usage, aggregated", None),
+        ("GET", "/admin/audit", audit, "Admin actions and refused credentials", None),
+    )  # fmt: skip
     return [
-        RouteDef(method, path, handler, RouteSpec("admin", "admin", True, summary))
-        for method, path, handler, summary in table
+        RouteDef(
+            method,
+            path,
+            _store_errors(handler),
+            RouteSpec("admin", "admin", True, summary, request_body=body),
+        )
+        for method, path, handler, summary, body in table
     ]

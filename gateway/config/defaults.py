@@ -117,7 +117,12 @@ def embedded_config_data(env: Mapping[str, str]) -> EmbeddedDefault:
     """The default config for this environment, and the demo key it accepts."""
     # Workers of one `serve --workers N` share the key their parent made.
     demo_key = env.get("TOLLWAY_DEMO_KEY") or new_key()
-    backends: dict[str, Any] = {"demo": {"type": "duckdb", "demo": True, "timeout_s": 30}}
+    # One DuckDB thread: every thread that runs DuckDB queries keeps allocator caches of
+    # its own, and with four the process grew for minutes under load (bench soak); the
+    # demo tables are small, so one query at a time costs nothing noticeable.
+    backends: dict[str, Any] = {
+        "demo": {"type": "duckdb", "demo": True, "timeout_s": 30, "threads": 1}
+    }
     models: dict[str, Any] = {}
     found = []
     for provider in PROVIDERS:
@@ -129,7 +134,8 @@ def embedded_config_data(env: Mapping[str, str]) -> EmbeddedDefault:
         for model, apis in provider.models.items():
             models.setdefault(model, {"backend": provider.name, "apis": list(apis)})
     data: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "port": 8080},
+        # The console is on: bound to 127.0.0.1, a newcomer signs in with the demo key.
+        "server": {"host": "127.0.0.1", "port": 8080, "console": True},
         "state": "sqlite:///./tollway-state.db",
         "backends": backends,
         "models": models,

@@ -38,6 +38,7 @@ DEFAULT_STATE: Final = "sqlite:///./tollway-state.db"
 DEFAULT_LIMITS: Final = ("60/minute", "1000/hour")
 DEFAULT_PER_IP: Final = ("60/minute", "1000/hour")
 DEFAULT_PER_IP_AUTHENTICATED: Final = ("6000/minute", "100000/hour")
+DEFAULT_KEY_LOOKUPS_PER_IP: Final = ("30/minute",)
 KEY_HASH: Final = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -47,7 +48,17 @@ class ServerConfig:
     port: int = 8080
     max_body_bytes: int = 16 * 1024 * 1024
     shutdown_timeout_s: float = 30.0
+    stream_drain_share: float = 0.9
+    """The share of `shutdown_timeout_s` open streams may run on after SIGTERM before each
+    is ended with an in-band ``server_shutting_down`` event (the rest writes that event and
+    flushes usage)."""
+    drain_idle_s: float = 5.0
+    """After SIGTERM, a kept-alive connection is closed once it has been idle this long
+    (requests arriving on it meanwhile are answered, with ``Connection: close``). Longer
+    than the proxy's upstream keep-alive timeout, so the proxy closes idle ones first."""
     keepalive_timeout_s: float = 75.0
+    """Longer than the proxy's upstream keep-alive (nginx ``keepalive_timeout``), so the
+    proxy, not Tollway, closes idle connections in normal operation."""
     cors_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ("127.0.0.1",)
     console: bool = False
@@ -69,6 +80,13 @@ class ServerConfig:
     upload streams, instead of `max_body_bytes`."""
     responses_ttl_s: float = 30 * 86400.0
     """How long a stored response id stays bound to the tenant that created it."""
+    unknown_key_cache_s: float = 2.0
+    """A key the state store did not know is refused from memory this long, unasked."""
+    key_lookup_timeout_s: float = 0.5
+    """The longest a request waits for the store to say whether it knows a key."""
+    refusal_logs_per_minute: int = 10
+    """Requests the HTTP parser refuses: at most this many WARNING lines a minute per client
+    address (every refusal is still counted in ``tollway_http_refusals_total``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +100,8 @@ class LimitsConfig:
     """With Redis: how long a lease of a very high rate may be spent locally (0: never
     leased, every request decided by Redis)."""
     """Per client IP for authenticated traffic: higher, so many users behind one NAT fit."""
+    key_lookups_per_ip: tuple[Rate, ...] = ()
+    """Per client IP: how often a key this replica does not know is looked up in the store."""
 
 
 @dataclass(frozen=True, slots=True)

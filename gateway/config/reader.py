@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -89,6 +90,8 @@ class Section:
             raise ConfigError(self.key_path(key), f"expected {kind}, got {_describe(value)}")
         if integer and not isinstance(value, int):
             raise ConfigError(self.key_path(key), f"expected {kind}, got {_describe(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(self.key_path(key), f"expected a finite number, got {value}")
         if value < minimum:
             raise ConfigError(self.key_path(key), f"must be at least {minimum:g}, got {value}")
         return value

@@ -11,6 +11,7 @@ from typing import Final
 from gateway.config.model import (
     APIS,
     BACKEND_TYPES,
+    DEFAULT_KEY_LOOKUPS_PER_IP,
     DEFAULT_LIMITS,
     DEFAULT_PER_IP,
     DEFAULT_PER_IP_AUTHENTICATED,
@@ -48,6 +49,8 @@ def server_config(s: Section) -> ServerConfig:
         port=s.number("port", d.port, integer=True, minimum=0),
         max_body_bytes=s.number("max_body_bytes", d.max_body_bytes, integer=True, minimum=1),
         shutdown_timeout_s=s.number("shutdown_timeout_s", d.shutdown_timeout_s),
+        stream_drain_share=s.number("stream_drain_share", d.stream_drain_share),
+        drain_idle_s=s.number("drain_idle_s", d.drain_idle_s),
         keepalive_timeout_s=s.number("keepalive_timeout_s", d.keepalive_timeout_s, minimum=1),
         cors_origins=s.strings("cors_origins", d.cors_origins),
         trusted_proxies=s.strings("trusted_proxies", d.trusted_proxies),
@@ -72,9 +75,19 @@ def server_config(s: Section) -> ServerConfig:
         header_timeout_s=s.number("header_timeout_s", d.header_timeout_s, minimum=0),
         audio_max_bytes=s.number("audio_max_bytes", d.audio_max_bytes, integer=True, minimum=1),
         responses_ttl_s=s.number("responses_ttl_s", d.responses_ttl_s, minimum=1),
+        unknown_key_cache_s=s.number("unknown_key_cache_s", d.unknown_key_cache_s),
+        key_lookup_timeout_s=s.number("key_lookup_timeout_s", d.key_lookup_timeout_s),
+        refusal_logs_per_minute=s.number(
+            "refusal_logs_per_minute", d.refusal_logs_per_minute, integer=True, minimum=1
+        ),
     )
     if config.port > 65535:
         raise ConfigError("server.port", f"must be at most 65535, got {config.port}")
+    if not 0 < config.stream_drain_share <= 1:
+        raise ConfigError(
+            "server.stream_drain_share",
+            f"must be more than 0 and at most 1, got {config.stream_drain_share}",
+        )
     _check_proxies(config.trusted_proxies)
     s.reject_unknown()
     return config
@@ -106,6 +119,7 @@ def limits_config(s: Section) -> LimitsConfig:
         per_ip=s.rates("per_ip", DEFAULT_PER_IP),
         per_ip_authenticated=s.rates("per_ip_authenticated", DEFAULT_PER_IP_AUTHENTICATED),
         redis_lease_s=s.number("redis_lease_s", 1.0),
+        key_lookups_per_ip=s.rates("key_lookups_per_ip", DEFAULT_KEY_LOOKUPS_PER_IP),
     )
     s.reject_unknown()
     return config

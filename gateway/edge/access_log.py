@@ -140,7 +140,7 @@ class AccessLog:
             usage.backend, usage.model, status, latency_ms, usage.tokens_in, usage.tokens_out,
             usage.rows, _bytes_out(response), 1 if cache_hit else 0, usage.tokens_cached,
             usage.tokens_reasoning, usage.audio_seconds, usage.audio_bytes, usage.images,
-            usage.image_size,
+            usage.image_size, usage.outcome,
         )  # fmt: skip
 
 

@@ -10,9 +10,10 @@ from aiohttp import web
 
 from gateway.errors import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, TollwayError
 from gateway.ops.error_tracking import ErrorTracker
+from gateway.ops.metrics import Metrics
 from gateway.routing import RouteSpec, route_specs_key
 
-__all__ = ["error_response", "from_http_exception", "route_spec", "unexpected"]
+__all__ = ["broken_body", "error_response", "from_http_exception", "route_spec", "unexpected"]
 
 _log = logging.getLogger("tollway.errors")
 
@@ -78,3 +79,12 @@ def unexpected(
     _log.exception("unhandled error")
     tracker.capture(exc, tags={"request_id": request_id, "route": route, "key_id": key_id})
     return TollwayError("internal error; the request id identifies it")
+
+
+def broken_body(request: web.Request, metrics: Metrics, route: str) -> TollwayError:
+    """A body the parser refused while the handler read it (a bad chunk): a 400, counted
+    with the parser's refusals; the caller closes the connection (the rest is unreadable)."""
+    _log.warning("request body refused by the HTTP parser", extra={"route": route})
+    metrics.http_refusals.labels("invalid_body_framing").inc()
+    request.content.feed_eof()  # nothing left to read: aiohttp's lingering read is skipped
+    return BadRequest("the request body's framing is invalid", code="invalid_body_framing")

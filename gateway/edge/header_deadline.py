@@ -1,4 +1,4 @@
-"""A deadline for request headers, against slow-loris clients.
+"""The listening site: a deadline for request headers, and every connection tracked.
 
 aiohttp has no header read timeout: a client that opens a connection and trickles its
 request line and headers a byte at a time holds the connection (and a file descriptor)
@@ -9,18 +9,27 @@ or the client gets ``408 Request Timeout`` and the connection is closed. The bod
 covered (the body limit and handler timeouts are); later requests on a kept-alive
 connection are bounded by ``keepalive_timeout_s``, which aiohttp enforces while it waits
 for a complete request.
+
+The site also keeps the open connections (`connections`), each knowing when its client
+last sent a byte and whether a request is being served on it, so a drain can close the
+idle ones gracefully instead of all at once (`gateway.edge.drain`); and its protocol is
+`RefusingRequestHandler`, so requests the parser refuses get the JSON error shape.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Any, Final, cast
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
-__all__ = ["HeaderDeadlineSite"]
+from gateway.edge.refusals import ParserRefusals, RefusingRequestHandler
+
+__all__ = ["Connection", "HeaderDeadlineSite"]
 
 _log = logging.getLogger("tollway.serve")
 
@@ -35,25 +44,56 @@ _TIMEOUT_ANSWER: Final = (
 )
 
 
-class _HeaderDeadline(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     """Passes everything to aiohttp's protocol; closes the connection if the first
-    request's headers are not complete in time."""
+    request's headers are not complete in time; knows when the client last sent a byte."""
 
-    __slots__ = ("_inner", "_timeout_s", "_timer", "_tail", "_transport")
+    __slots__ = ("_inner", "_timeout_s", "_timer", "_tail", "_transport", "_owner", "last_seen")
 
-    def __init__(self, inner: asyncio.Protocol, timeout_s: float) -> None:
+    def __init__(
+        self, inner: RequestHandler, timeout_s: float, owner: set[Connection] | None = None
+    ) -> None:
         self._inner = inner
         self._timeout_s = timeout_s
         self._timer: asyncio.TimerHandle | None = None
         self._tail = b""
         self._transport: asyncio.Transport | None = None
+        self._owner = owner
+        self.last_seen = time.monotonic()
+        """`time.monotonic()` when the client last sent a byte (or connected)."""
+
+    @property
+    def busy(self) -> bool:
+        """A request is being served, or a complete one waits to be: not idle."""
+        # aiohttp keeps these two on its protocol (3.9 to 3.14); without them, assume busy
+        # so the connection is left to aiohttp's own shutdown rather than closed under a
+        # request.
+        return bool(
+            getattr(self._inner, "_request_in_progress", True)
+            or getattr(self._inner, "_messages", True)
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._transport is None or self._transport.is_closing()
+
+    def close_if_idle(self) -> bool:
+        """Close the connection (a FIN, never a reset) if no request is on it."""
+        if self.closed or self.busy:
+            return False
+        self._inner.force_close()
+        return True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        self._timer = asyncio.get_running_loop().call_later(self._timeout_s, self._expire)
+        if self._timeout_s > 0:
+            self._timer = asyncio.get_running_loop().call_later(self._timeout_s, self._expire)
+        if self._owner is not None:
+            self._owner.add(self)
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        self.last_seen = time.monotonic()
         if self._timer is not None:
             seen = self._tail + data
             if _END_OF_HEADERS in seen:
@@ -63,11 +103,14 @@ class _HeaderDeadline(asyncio.Protocol):
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
+        self._inner.eof_received()
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._transport = None
+        if self._owner is not None:
+            self._owner.discard(self)
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -98,9 +141,10 @@ class _HeaderDeadline(asyncio.Protocol):
 
 class HeaderDeadlineSite(web.TCPSite):
     """`web.TCPSite` whose connections must send their first request's headers within
-    `header_timeout_s` (0 turns the deadline off)."""
+    `header_timeout_s` (0 turns the deadline off), tracked in `connections`, and whose
+    parser refusals are answered in the error shape."""
 
-    __slots__ = ("_header_timeout_s",)
+    __slots__ = ("_header_timeout_s", "_refusals", "connections")
 
     def __init__(
         self,
@@ -109,22 +153,32 @@ class HeaderDeadlineSite(web.TCPSite):
         port: int,
         *,
         header_timeout_s: float,
+        refusals: ParserRefusals | None = None,
         backlog: int = 128,
         reuse_port: bool | None = None,
     ) -> None:
         super().__init__(runner, host, port, backlog=backlog, reuse_port=reuse_port)
         self._header_timeout_s = header_timeout_s
+        self._refusals = refusals or ParserRefusals(None)
+        self.connections: set[Connection] = set()
 
     async def start(self) -> None:
-        if self._header_timeout_s <= 0:
-            await super().start()
-            return
         await web.BaseSite.start(self)  # registers the site with its runner
         server = self._runner.server
         assert server is not None
-        timeout_s = self._header_timeout_s
-        factory: Callable[[], asyncio.Protocol] = lambda: _HeaderDeadline(server(), timeout_s)  # noqa: E731
         loop = asyncio.get_running_loop()
+        timeout_s = self._header_timeout_s
+        refusals = self._refusals
+        connections = self.connections
+        # The keyword arguments the runner gave its server (keep-alive, line and header
+        # limits, …), for the protocol aiohttp would otherwise build with them.
+        options: dict[str, Any] = dict(server._kwargs)
+
+        def protocol() -> asyncio.Protocol:
+            inner = RefusingRequestHandler(server, loop=loop, refusals=refusals, **options)
+            return Connection(inner, timeout_s, connections)
+
+        factory: Callable[[], asyncio.Protocol] = protocol
         self._server = await loop.create_server(
             factory,
             self._host,

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gateway.config.rates import Rate
 from gateway.edge.request_state import request_state_key
+from gateway.ops.lifecycle import state_key
 from gateway.resilience.limiter import Decision
 
 __all__ = ["add_common_headers", "rate_limit_headers"]
@@ -53,6 +54,11 @@ def rate_limit_headers(decision: Decision) -> dict[str, str]:
 
 async def add_common_headers(request: web.Request, response: web.StreamResponse) -> None:
     headers = response.headers
+    if request.app[state_key].draining:
+        # aiohttp wrote its Connection header before this hook: set both, so the
+        # client is told and the connection really closes after this answer.
+        response.force_close()
+        headers["Connection"] = "close"
     state = request.get(request_state_key)
     if state is not None:
         headers["X-Request-ID"] = state.usage.request_id or ""

@@ -1,6 +1,8 @@
 """Keys from the config and the store, in one in-memory table kept fresh.
 
-Lookups never touch the store. A background task polls the store's change counter
+Lookups never wait on the store, except for a key this replica does not know yet
+(`gateway.edge.key_lookup`: one bounded, coalesced, rate-limited lookup). A background
+task polls the store's change counter
 (``keys_version``) every `poll_s` (default 0.25 s) and rebuilds the table when it moved,
 so a key created, changed, rotated or revoked on any replica takes effect on every
 replica within a second. Polling a counter rather than LISTEN/NOTIFY or pub/sub: it works
@@ -18,32 +20,28 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from gateway.config import Config, config_key
-from gateway.config.rates import parse_rate
-from gateway.edge.keytable import KeyTable, key_table_key, principal_from_config
+from gateway.edge.key_lookup import UnknownKeys
+from gateway.edge.keytable import (
+    KeyTable,
+    key_table_key,
+    principal_from_config,
+    principal_from_stored,
+)
 from gateway.edge.principal import Principal
 from gateway.ops.metrics import metrics_key
 from gateway.ops.tasks import tasks_key
 from gateway.state.service import StateService, state_service_key
-from gateway.state.store import KeyQueries, StoredKey, StoreUnavailable
+from gateway.state.store import KeyQueries, StoreUnavailable
 
-__all__ = ["KeySync", "key_sync_context", "key_sync_key", "principal_from_stored"]
+__all__ = [
+    "KeySync",
+    "key_sync_context",
+    "key_sync_key",
+    "principal_from_stored",
+    "unknown_keys_key",
+]
 
 _log = logging.getLogger("tollway.keys")
-
-
-def principal_from_stored(key: StoredKey, *, expires_at: float | None = None) -> Principal:
-    return Principal(
-        key_id=key.id,
-        tenant=key.tenant,
-        scopes=frozenset(key.scopes),
-        models=frozenset(key.models) if key.models is not None else None,
-        datasets=frozenset(key.datasets) if key.datasets is not None else None,
-        limits=tuple(parse_rate(r) for r in key.limits) if key.limits else None,
-        budget_tokens=tuple(parse_rate(r) for r in key.budget) if key.budget else (),
-        name=key.name,
-        expires_at=expires_at if expires_at is not None else key.expires_at,
-        source="store",
-    )
 
 
 class KeySync:
@@ -102,6 +100,7 @@ class KeySync:
 
 
 key_sync_key = web.AppKey("key_sync", KeySync)
+unknown_keys_key = web.AppKey("unknown_keys", UnknownKeys)
 
 
 async def key_sync_context(app: web.Application) -> AsyncIterator[None]:
@@ -111,6 +110,15 @@ async def key_sync_context(app: web.Application) -> AsyncIterator[None]:
     sync = KeySync(app[config_key], app[key_table_key], service.keys)
     sync.on_error = lambda: metrics.state_store_errors.labels("refresh_keys").inc()
     app[key_sync_key] = sync
+    config = app[config_key]
+    app[unknown_keys_key] = UnknownKeys(
+        service.keys,
+        app[key_table_key],
+        per_ip=config.limits.key_lookups_per_ip,
+        negative_s=config.server.unknown_key_cache_s,
+        timeout_s=config.server.key_lookup_timeout_s,
+        counter=metrics.key_lookups,
+    )
     if service.migrated:
         try:
             await sync.refresh()

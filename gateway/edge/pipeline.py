@@ -26,7 +26,12 @@ from gateway.edge.body_limit import BodyLimits
 from gateway.edge.budget import BUDGETED, Budgets
 from gateway.edge.client_ip import request_ip
 from gateway.edge.compression import Compressor
-from gateway.edge.error_answers import error_response, from_http_exception, unexpected
+from gateway.edge.error_answers import (
+    broken_body,
+    error_response,
+    from_http_exception,
+    unexpected,
+)
 from gateway.edge.ip_limit import IpLimits
 from gateway.edge.principal import principal_key
 from gateway.edge.rate_limit import RateLimits
@@ -169,6 +174,11 @@ class Pipeline:
                 raise
             mapped = from_http_exception(exc)
             return error_response(mapped, usage.request_id, tavily_shape=plan.tavily_errors)
+        except web.RequestPayloadError:
+            refused = broken_body(request, self._metrics, plan.meter.route)
+            answer = error_response(refused, usage.request_id, tavily_shape=plan.tavily_errors)
+            answer.force_close()
+            return answer
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -200,7 +210,7 @@ class Pipeline:
             return await handler(request)
         request[route_spec_key] = spec
         try:
-            principal = self.auth.authenticate(request, spec, key)
+            principal = await self.auth.authenticate(request, spec, key)
         except Unauthorized:
             if ip_windows:
                 await self._ip_limits.spend(ip_windows)

@@ -14,11 +14,16 @@ from typing import Final
 
 from aiohttp import web
 
-__all__ = ["RequestIds", "request_id_key"]
+__all__ = ["RequestIds", "new_request_id", "request_id_key"]
 
 request_id_key = web.RequestKey("request_id", str)
 
 _SANE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def new_request_id() -> str:
+    """An id for a request no app saw (the HTTP parser refused it): rare, so random."""
+    return os.urandom(16).hex()
 
 
 class RequestIds:

@@ -88,15 +88,15 @@ async def stream_chat(
         state = StreamState(strip_usage=not client_asked_usage)
         resumer = Continuer(request, body, targets, index, state, call_context(request), deadline)
         sent: list[bytes] | None = [] if cache_as is not None else None
-        with request.app[open_streams_key].track():
+        with request.app[open_streams_key].track():  # a shutdown may end `_relay` only
             failure = await _relay(request, response, upstream, first, state, sent, resumer)
-            if failure is not None:
-                _log.warning(
-                    "stream failed",
-                    extra={"backend": resumer.target.guard.name, "error": failure.code},
-                )
-                await _write(response, error_frame(failure, request.get(request_id_key)))
-            client_gone = not await _end(response) or state.client_gone
+        if failure is not None:
+            _log.warning(
+                "stream failed",
+                extra={"backend": resumer.target.guard.name, "error": failure.code},
+            )
+            await _write(response, error_frame(failure, request.get(request_id_key)))
+        client_gone = not await _end(response) or state.client_gone
         target = resumer.target
         if state.malformed:
             metrics.malformed_events.labels(target.guard.name).inc(state.malformed)

@@ -156,14 +156,30 @@ def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
+_CONTENT_PART = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"type": "string"}},
+}
+_MESSAGE = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {
+        "role": {"enum": ["system", "developer", "user", "assistant", "tool", "function"]},
+        "content": {"type": ["string", "null", "array"], "items": _CONTENT_PART},
+        "name": {"type": "string"},
+        "tool_call_id": {"type": "string"},
+        "tool_calls": {"type": ["array", "null"], "items": {"type": "object"}},
+    },
+}
 _CHAT_BODY = {
     "type": "object",
     "required": ["model", "messages"],
     "properties": {
         "model": {"type": "string"},
-        "messages": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+        "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
         "stream": {"type": "boolean"},
-        "stream_options": {"type": "object"},
+        "stream_options": {"type": ["object", "null"]},
     },
 }
 _EMBEDDINGS_BODY = {

@@ -123,7 +123,11 @@ class StreamState:
             self.continuable = False
 
     def tokens(self) -> tuple[int, int]:
-        usage = self.usage or {}
+        """(prompt, completion) as the provider reported them; without a report (a stream
+        cut before its usage chunk), no prompt count and the chunks relayed so far."""
+        if self.usage is None:
+            return 0, self.content_events
+        usage = self.usage
         return _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
 
 

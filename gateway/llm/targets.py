@@ -27,7 +27,13 @@ from aiohttp import web
 from backends.base import CallContext
 from gateway.edge.principal import principal_key
 from gateway.edge.request_id import request_id_key
-from gateway.errors import BackendError, BackendUnavailable, BadRequest, UpstreamHTTPError
+from gateway.errors import (
+    BackendError,
+    BackendUnavailable,
+    BadRequest,
+    ResponseTooLarge,
+    UpstreamHTTPError,
+)
 from gateway.llm.model_router import Target
 from gateway.llm.sse_relay import carries_token
 from gateway.ops.metrics import metrics_key
@@ -74,11 +80,14 @@ def is_context_length(error: BackendError) -> bool:
 
 def fallback_reason(error: BackendError) -> str | None:
     """Why another model may succeed where this one failed (the metric label), or None
-    when the failure is the caller's own and must reach them."""
+    when the failure is the caller's own and must reach them (a 4xx, or an answer past
+    ``max_response_bytes``: what was asked for is too big, not the backend unwell)."""
     if isinstance(error, UpstreamHTTPError):
         status = error.upstream_status
         if status < 500 and status not in (408, 409, 429):
             return "context_length" if is_context_length(error) else None
+    if isinstance(error, ResponseTooLarge):
+        return None
     return failure_reason(error)
 
 

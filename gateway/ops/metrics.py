@@ -202,6 +202,19 @@ class Metrics:
         self.budget_rejections = Counter(
             "tollway_budget_rejections", "Requests refused for a spent token budget.", registry=r
         )
+        self.http_refusals = Counter(
+            "tollway_http_refusals",
+            "Requests the HTTP parser refused before any route saw them, by error code.",
+            ["code"],
+            registry=r,
+        )
+        self.key_lookups = Counter(
+            "tollway_key_lookups",
+            "Keys unknown to this replica looked up in the state store, by result "
+            "(found, unknown, cached, limited, failed).",
+            ["result"],
+            registry=r,
+        )
         self.tokens = Counter(
             "tollway_tokens",
             "LLM tokens by key id, model and direction (in, out).",

@@ -25,6 +25,7 @@ SHUTDOWN: Final = "tollway: shutting down"
 class OpenStreams:
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[object]] = set()
+        self._asked: set[asyncio.Task[object]] = set()
         self.closing = False
 
     def __len__(self) -> int:
@@ -42,13 +43,17 @@ class OpenStreams:
             yield
         finally:
             self._tasks.discard(task)
+            self._asked.discard(task)
 
     def end_all(self) -> int:
-        """Ask every open stream to end now; the number asked."""
+        """Ask every open stream to end now, each once (a stream ending itself must not be
+        cancelled again while it writes its last event); the number newly asked."""
         self.closing = True
-        for task in self._tasks:
+        fresh = self._tasks - self._asked
+        for task in fresh:
             task.cancel(SHUTDOWN)
-        return len(self._tasks)
+        self._asked |= fresh
+        return len(fresh)
 
     def is_shutdown(self, exc: asyncio.CancelledError) -> bool:
         """Whether `exc` is `end_all`'s request. If so the cancellation is cleared: the

@@ -43,6 +43,7 @@ def create_backend(config: BackendConfig) -> Backend:
             config.options,
             timeout_s=config.timeout_s,
             connect_timeout_s=config.connect_timeout_s,
+            max_response_bytes=config.max_response_bytes,
         )
     except OptionError as exc:
         raise ConfigError(f"backends.{config.name}.{exc.key}", exc.problem) from None

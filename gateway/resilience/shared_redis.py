@@ -49,6 +49,9 @@ class SharedRedis:
         failures: int = 3,
         reset_s: float = 2.0,
     ) -> None:
+        # Imported here, not at the top: without `redis:` configured the process never
+        # loads redis-py (and the cryptography it pulls in), some 13 MB of memory.
+
         self.prefix = prefix
         self.timeout_s = timeout_s
         self.client = RespClient(url, connect_timeout_s=timeout_s)

@@ -4,6 +4,15 @@ A short migration table (``tollway_migrations``) rather than a library: the sche
 small, the same SQL runs on SQLite and Postgres, and each migration is applied inside
 one transaction holding a lock (Postgres: an advisory lock; SQLite: ``BEGIN
 IMMEDIATE``), so replicas starting at once apply it exactly once.
+
+Migration 2 adds what the rest of the OpenAI surface records (cached and reasoning
+tokens, audio, images) and the owners of stored responses. Migration 3 makes usage
+exactly once: ``request_id`` becomes unique (the writer inserts
+with ``ON CONFLICT DO NOTHING``, so a batch written again after a cancelled flush or a
+spill-file replay adds nothing), and ``outcome`` records how a stream ended for its
+client. The table is rebuilt rather than altered: a store written by an older version may
+hold duplicates (rows of the same record, same time), which a copy with ``ON CONFLICT DO
+NOTHING`` drops in the same SQL on both databases.
 """
 
 from __future__ import annotations
@@ -11,6 +20,13 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = ["MIGRATIONS"]
+
+_USAGE_V2: Final = (
+    "at, day, request_id, key_id, tenant, route_class, route, backend, model, status, "
+    "latency_ms, tokens_in, tokens_out, rows_out, bytes_out, cache_hit, tokens_cached, "
+    "tokens_reasoning, audio_seconds, audio_bytes, images, image_size"
+)
+"""The usage table's columns before migration 3, all copied into its new table."""
 
 MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
     (
@@ -93,6 +109,45 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
                 expires_at DOUBLE PRECISION NOT NULL
             )""",
             "CREATE INDEX tollway_response_owners_expires ON tollway_response_owners (expires_at)",
+        ),
+    ),
+    (
+        3,
+        (
+            "DROP INDEX tollway_usage_at",
+            "DROP INDEX tollway_usage_key_at",
+            "ALTER TABLE tollway_usage RENAME TO tollway_usage_v1",
+            """CREATE TABLE tollway_usage (
+                at DOUBLE PRECISION NOT NULL,
+                day TEXT NOT NULL,
+                request_id TEXT UNIQUE,
+                key_id TEXT,
+                tenant TEXT,
+                route_class TEXT,
+                route TEXT,
+                backend TEXT,
+                model TEXT,
+                status INTEGER NOT NULL,
+                latency_ms DOUBLE PRECISION NOT NULL,
+                tokens_in BIGINT NOT NULL,
+                tokens_out BIGINT NOT NULL,
+                rows_out BIGINT NOT NULL,
+                bytes_out BIGINT NOT NULL,
+                cache_hit INTEGER NOT NULL,
+                tokens_cached BIGINT NOT NULL DEFAULT 0,
+                tokens_reasoning BIGINT NOT NULL DEFAULT 0,
+                audio_seconds DOUBLE PRECISION NOT NULL DEFAULT 0,
+                audio_bytes BIGINT NOT NULL DEFAULT 0,
+                images BIGINT NOT NULL DEFAULT 0,
+                image_size TEXT,
+                outcome TEXT
+            )""",
+            f"""INSERT INTO tollway_usage ({_USAGE_V2})
+                SELECT {_USAGE_V2} FROM tollway_usage_v1 WHERE 1 = 1 ORDER BY at
+                ON CONFLICT DO NOTHING""",
+            "DROP TABLE tollway_usage_v1",
+            "CREATE INDEX tollway_usage_at ON tollway_usage (at)",
+            "CREATE INDEX tollway_usage_key_at ON tollway_usage (key_id, at)",
         ),
     ),
 )

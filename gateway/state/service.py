@@ -34,7 +34,17 @@ USAGE_DETAIL_COLUMNS = (
     "tokens_cached, tokens_reasoning, audio_seconds, audio_bytes, images, image_size"
 )
 """Added in schema 2; a record written (or spilled) by an older Tollway lacks them."""
-_USAGE_DETAIL_DEFAULTS = (0, 0, 0.0, 0, 0, None)
+USAGE_RECORD_COLUMNS = f"{USAGE_COLUMNS}, {USAGE_DETAIL_COLUMNS}, outcome"
+"""What a usage record holds, in order: the columns above, then how a stream ended."""
+_USAGE_FIELDS = USAGE_RECORD_COLUMNS.count(",") + 1
+_MISSING_TAIL = (0, 0, 0.0, 0, 0, None, None)
+"""Defaults for what an older record lacks: the details, then the outcome."""
+# The request id is unique in the store: a record written again (a flush cancelled after
+# its insert ran, a spill file replayed) adds nothing.
+_INSERT_USAGE = (
+    f"INSERT INTO tollway_usage ({USAGE_RECORD_COLUMNS}) "
+    f"VALUES ({', '.join('?' * _USAGE_FIELDS)}) ON CONFLICT DO NOTHING"
+)
 AUDIT_COLUMNS = "at, action, key_id, actor, request_id, client_ip, detail"
 _REFUSALS_PER_IP = (parse_rate("20/minute"),)
 
@@ -59,14 +69,10 @@ class StateService:
         )
 
     async def _insert_usage(self, rows: Sequence[Sequence[Any]]) -> None:
-        marks = ", ".join("?" * 22)
-        whole = [(*r, *_USAGE_DETAIL_DEFAULTS[len(r) - 16 :]) if len(r) < 22 else r for r in rows]
+        # A record written or spilled by an older version lacks the details and outcome.
+        full = [r if len(r) == _USAGE_FIELDS else (*r, *_MISSING_TAIL[len(r) - 16 :]) for r in rows]
         async with self._counting_errors("write_usage"):
-            await self.store.execute_many(
-                f"INSERT INTO tollway_usage ({USAGE_COLUMNS}, {USAGE_DETAIL_COLUMNS}) "
-                f"VALUES ({marks})",
-                whole,
-            )
+            await self.store.execute_many(_INSERT_USAGE, full)
 
     async def _insert_audit(self, rows: Sequence[Sequence[Any]]) -> None:
         async with self._counting_errors("write_audit"):
@@ -145,6 +151,7 @@ async def state_context(app: web.Application) -> AsyncIterator[None]:
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
-        await service.usage.close()
-        await service.audit.close()
+        # Both at once: a drain must end within its timeout plus a moment, even with the
+        # store away (what it would not take in time is spilled, replayed at next start).
+        await asyncio.gather(service.usage.close(), service.audit.close())
         await store.close()

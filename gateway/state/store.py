@@ -14,12 +14,14 @@ import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import asyncpg
 import orjson
 
 from gateway.state.schema import MIGRATIONS
+
+if TYPE_CHECKING:
+    import asyncpg
 
 __all__ = ["StateStore", "StoreRejected", "StoreUnavailable", "StoredKey", "open_store"]
 
@@ -111,6 +113,14 @@ class KeyQueries:
         )
         return StoredKey.from_row(rows[0]) if rows else None
 
+    async def by_digest(self, digest: str) -> StoredKey | None:
+        """The stored key whose secret (or whose previous secret, in rotation) has `digest`."""
+        rows = await self.store.fetch(
+            f"SELECT {_KEY_COLUMNS} FROM tollway_keys WHERE digest = ? OR previous_digest = ?",
+            (digest, digest),
+        )
+        return StoredKey.from_row(rows[0]) if rows else None
+
     async def revoked_config_ids(self) -> set[str]:
         rows = await self.store.fetch("SELECT id FROM tollway_revoked_config_keys")
         return {r[0] for r in rows}
@@ -131,17 +141,22 @@ class KeyQueries:
         )
         await self.store.transaction([write, _BUMP])
 
-    async def revoke_config_key(self, key_id: str, at: float) -> None:
+    async def revoke_config_key(self, key_id: str, at: float) -> float:
+        """Revoke a config key as of `at`, unless it already is; when it was revoked."""
         await self.store.transaction(
             [
-                ("DELETE FROM tollway_revoked_config_keys WHERE id = ?", (key_id,)),
                 (
-                    "INSERT INTO tollway_revoked_config_keys (id, revoked_at) VALUES (?, ?)",
+                    "INSERT INTO tollway_revoked_config_keys (id, revoked_at) VALUES (?, ?) "
+                    "ON CONFLICT DO NOTHING",
                     (key_id, at),
                 ),
                 _BUMP,
             ]
         )
+        rows = await self.store.fetch(
+            "SELECT revoked_at FROM tollway_revoked_config_keys WHERE id = ?", (key_id,)
+        )
+        return float(rows[0][0]) if rows else at
 
 
 _BUMP = ("UPDATE tollway_meta SET value = value + 1 WHERE name = 'keys_version'", ())
@@ -264,10 +279,20 @@ def _numbered(sql: str) -> str:
     return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], start=1)) + parts[-1]
 
 
-_PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
-# The server answered and refused the data itself (a NUL in text, a number out of range, a
-# constraint): retrying the same rows would block every record behind them.
-_PG_REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+def _pg_errors() -> tuple[type[BaseException], ...]:
+    """What a Postgres call raises when the store is away (asyncpg is imported only by a
+    store on Postgres: a process on SQLite never loads it)."""
+    import asyncpg
+
+    return (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+def _pg_rejected() -> tuple[type[BaseException], ...]:
+    """The server answered and refused the data itself (a NUL in text, a number out of
+    range, a constraint): retrying the same rows would block every record behind them."""
+    import asyncpg
+
+    return (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 class PostgresStore:
@@ -283,12 +308,14 @@ class PostgresStore:
         if self._pool is None:
             async with self._lock:
                 if self._pool is None:
+                    import asyncpg
+
                     try:
                         self._pool = await asyncpg.create_pool(
                             self._dsn, min_size=1, max_size=5, timeout=self.timeout_s,
                             command_timeout=self.timeout_s,
                         )  # fmt: skip
-                    except _PG_ERRORS as exc:
+                    except _pg_errors() as exc:
                         raise StoreUnavailable(f"postgres: {type(exc).__name__}") from None
         return self._pool
 
@@ -315,30 +342,30 @@ class PostgresStore:
                         version,
                         time.time(),
                     )
-        except _PG_ERRORS as exc:
+        except _pg_errors() as exc:
             raise StoreUnavailable(f"postgres: {type(exc).__name__}") from None
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         pool = await self._get_pool()
         try:
             await pool.execute(_numbered(sql), *params)
-        except _PG_ERRORS as exc:
+        except _pg_errors() as exc:
             raise StoreUnavailable(f"postgres: {type(exc).__name__}") from None
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         pool = await self._get_pool()
         try:
             return [tuple(r) for r in await pool.fetch(_numbered(sql), *params)]
-        except _PG_ERRORS as exc:
+        except _pg_errors() as exc:
             raise StoreUnavailable(f"postgres: {type(exc).__name__}") from None
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         pool = await self._get_pool()
         try:
             await pool.executemany(_numbered(sql), [tuple(r) for r in rows])
-        except _PG_REJECTED as exc:
+        except _pg_rejected() as exc:
             raise StoreRejected(f"postgres: {type(exc).__name__}") from None
-        except _PG_ERRORS as exc:
+        except _pg_errors() as exc:
             raise StoreUnavailable(f"postgres: {type(exc).__name__}") from None
 
     async def transaction(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
@@ -347,14 +374,14 @@ class PostgresStore:
             async with pool.acquire() as connection, connection.transaction():
                 for sql, params in statements:
                     await connection.execute(_numbered(sql), *params)
-        except _PG_ERRORS as exc:
+        except _pg_errors() as exc:
             raise StoreUnavailable(f"postgres: {type(exc).__name__}") from None
 
     async def close(self) -> None:
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), 5)
-            except (TimeoutError, *_PG_ERRORS):
+            except _pg_errors():  # TimeoutError is one of them
                 self._pool.terminate()
             self._pool = None
 

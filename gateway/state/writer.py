@@ -7,6 +7,12 @@ replayed into the store once it answers again. `close` flushes what is left, spi
 if the store is still away, so a SIGTERM loses nothing. A batch the store refuses for its data
 (StoreRejected) is written again record by record, and the few records refused on their own go
 to a `<name>.rejected.jsonl` file beside the spill file: kept, but never blocking the rest.
+
+Exactly once: a flush cancelled while its insert runs (the SQLite thread runs on whatever
+the caller does; Postgres may already have committed) waits for that insert to settle, up
+to `settle_s`, and drops from the buffer what it wrote, so the final flush does not write
+it again. What stays uncertain (an insert still running after `settle_s`) is written
+again later, and the store's unique request id turns the repeat into nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +45,13 @@ def _line(record: tuple[Any, ...]) -> bytes:
 Insert = Callable[[Sequence[Sequence[Any]]], Awaitable[None]]
 
 
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """An insert whose flush stopped waiting may fail later: its error was handled (the
+    records stayed buffered), so asyncio need not report it."""
+    if not task.cancelled():
+        task.exception()
+
+
 class BatchWriter:
     def __init__(
         self,
@@ -52,6 +65,7 @@ class BatchWriter:
         batch: int = 500,
         max_buffered: int = 20_000,
         interval_s: float = 1.0,
+        settle_s: float = 2.0,
     ) -> None:
         self.name = name
         self._insert = insert
@@ -60,6 +74,7 @@ class BatchWriter:
         self._batch = batch
         self._max = max_buffered
         self.interval_s = interval_s
+        self.settle_s = settle_s
         self._wake = asyncio.Event()
         self._on_spill = on_spill or (lambda _n: None)
         self._on_depth = on_depth or (lambda _n: None)
@@ -96,7 +111,7 @@ class BatchWriter:
                 while self._buffer:
                     batch = [self._buffer[i] for i in range(min(self._batch, len(self._buffer)))]
                     try:
-                        await self._insert(batch)
+                        await self._insert_settled(batch)
                     except StoreRejected:
                         await self._insert_one_by_one(len(batch))
                         continue
@@ -111,6 +126,20 @@ class BatchWriter:
             finally:
                 self._on_depth(len(self._buffer))
             return True
+
+    async def _insert_settled(self, batch: list[tuple[Any, ...]]) -> None:
+        """Insert `batch`, the buffer's first records. Cancelled meanwhile, wait (up to
+        `settle_s`) for the insert to end and drop the records it wrote, then re-raise."""
+        task = asyncio.ensure_future(self._insert(batch))
+        task.add_done_callback(_retrieve)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.wait([task], timeout=self.settle_s)
+            if task.done() and not task.cancelled() and task.exception() is None:
+                for _ in batch:
+                    self._buffer.popleft()
+            raise
 
     async def _insert_one_by_one(self, count: int) -> None:
         """Write the buffer's first `count` records singly; set aside those refused alone."""
@@ -186,8 +215,10 @@ class BatchWriter:
             raise
         await asyncio.to_thread(replaying.unlink)
 
-    async def close(self, timeout_s: float = 5.0) -> None:
-        """Flush before exit; spill whatever the store would not take in time."""
+    async def close(self, timeout_s: float = 1.0, settle_s: float = 0.5) -> None:
+        """Flush before exit; spill whatever the store would not take in time. Bounded:
+        `timeout_s` to flush, then at most `settle_s` for an insert already running."""
+        self.settle_s = min(self.settle_s, settle_s)
         try:
             done = await asyncio.wait_for(self.flush(), timeout_s)
         except TimeoutError:

@@ -72,10 +72,12 @@ async function loadKeys() {
     const rows = data.map((key) => {
       const row = el("tr");
       row.dataset.id = key.id;
-      row.append(el("td", key.id), el("td", key.name), el("td", key.tenant),
-        el("td", (key.scopes || []).join(", ")), el("td", key.source),
-        el("td", key.revoked ? "revoked" : "active"));
-      const actions = el("td");
+      // data-label: the column's name, shown beside the value when rows stack on a phone.
+      const cell = (label, text) => el("td", text, { "data-label": label });
+      row.append(cell("ID", key.id), cell("Name", key.name), cell("Tenant", key.tenant),
+        cell("Scopes", (key.scopes || []).join(", ")), cell("Source", key.source),
+        cell("State", key.revoked ? "revoked" : "active"));
+      const actions = el("td", null, { "data-label": "Actions", class: "actions" });
       if (!key.revoked) {
         const revoke = el("button", "Revoke", { type: "button", class: "revoke" });
         revoke.addEventListener("click", () => {

@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 
 from backends.base import OptionError
-from backends.http_client import ConnectFailed, Disconnected, Pool
+from backends.http_client import ConnectFailed, Disconnected, Pool, TooLarge
 from gateway.errors import (
     BackendError,
     BackendTimeout,
@@ -150,7 +150,9 @@ class AnyAnswer(Protocol):
 
 
 class UpstreamAnswer(AnyAnswer, Protocol):
-    """The lean client's answer, read chunk by chunk."""
+    """The lean client's answer: read whole within a limit, or chunk by chunk."""
+
+    async def read(self, limit: int | None = None) -> bytes: ...
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 
@@ -171,8 +173,10 @@ async def read_capped(response: UpstreamAnswer, limit: int, backend: str) -> byt
     declared = response.headers.get("Content-Length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large(backend, limit)
-    meter = ResponseMeter(limit, backend)
-    return b"".join([chunk async for chunk in meter.counted(response.chunks())])
+    try:
+        return await response.read(limit)
+    except TooLarge:
+        raise too_large(backend, limit) from None
 
 
 class ResponseMeter:
@@ -189,11 +193,6 @@ class ResponseMeter:
         self.seen += size
         if self.seen > self._limit:
             raise too_large(self._backend, self._limit)
-
-    async def counted(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        async for chunk in chunks:
-            self.add(len(chunk))
-            yield chunk
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:

@@ -16,7 +16,9 @@ from typing import Final, Protocol, cast
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["Answer", "ConnectFailed", "Connection", "Disconnected", "HTTPClientError"]
+__all__ = [
+    "Answer", "ConnectFailed", "Connection", "Disconnected", "HTTPClientError", "TooLarge",
+]  # fmt: skip
 
 _HIGH_WATER: Final = 256 * 1024
 """Bytes of an unread body buffered before the socket stops reading."""
@@ -34,6 +36,14 @@ class HTTPClientError(Exception):
 
 class ConnectFailed(HTTPClientError):
     """No connection: refused, unreachable, name not resolved, or the TLS handshake failed."""
+
+
+class TooLarge(HTTPClientError):
+    """The answer's body passed the reader's limit; `size` bytes had come."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"the answer passed its limit ({size} bytes read)")
+        self.size = size
 
 
 class Disconnected(HTTPClientError):
@@ -128,7 +138,7 @@ class Answer:
     when the body was read to its end, and closes it otherwise."""
 
     __slots__ = (
-        "_buffered", "_chunks", "_error", "_keep_alive", "_loop", "_pool", "_released",
+        "_buffered", "_chunks", "_error", "_keep_alive", "_limit", "_loop", "_pool", "_released",
         "_waiter", "_whole", "complete", "connection", "framed", "headers", "headers_done",
         "idle_after_first_s", "idle_timeout_s", "last_read", "raw_headers", "status",
     )  # fmt: skip
@@ -161,6 +171,7 @@ class Answer:
         self._waiter: asyncio.Future[None] | None = None
         self._released = False
         self._whole = False
+        self._limit: int | None = None
 
     # fed by the connection
     def headers_received(self, status: int) -> None:
@@ -179,6 +190,8 @@ class Answer:
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._whole:
             self.connection.pause_reading()
+        if self._limit is not None and self._buffered > self._limit:
+            self.connection.pause_reading()  # past the reader's limit: read no more
         self._wake()
 
     def finish(self, *, keep_alive: bool) -> None:
@@ -241,13 +254,19 @@ class Answer:
             else:
                 await self._wait()
 
-    async def read(self) -> bytes:
-        """The whole body (buffered without backpressure: for answers of bounded size)."""
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body (buffered without backpressure: for answers of bounded size);
+        past `limit` bytes the read stops and `TooLarge` is raised, the rest never read."""
         self._whole = True
+        self._limit = limit
         if self._buffered > _HIGH_WATER:
             self.connection.resume_reading()
         while not self.complete:
+            if limit is not None and self._buffered > limit:
+                raise TooLarge(self._buffered)
             await self._wait()
+        if limit is not None and self._buffered > limit:
+            raise TooLarge(self._buffered)
         body = b"".join(self._chunks)
         self._chunks.clear()
         return body

@@ -26,9 +26,16 @@ from collections import deque
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from backends.http_answer import Answer, ConnectFailed, Connection, Disconnected, HTTPClientError
+from backends.http_answer import (
+    Answer,
+    ConnectFailed,
+    Connection,
+    Disconnected,
+    HTTPClientError,
+    TooLarge,
+)
 
-__all__ = ["Answer", "ConnectFailed", "Disconnected", "HTTPClientError", "Pool"]
+__all__ = ["Answer", "ConnectFailed", "Disconnected", "HTTPClientError", "Pool", "TooLarge"]
 
 
 class Pool:
@@ -62,6 +69,8 @@ class Pool:
         host = self.host if default_port else f"{self.host}:{self.port}"
         fixed = [("Host", host), ("Accept-Encoding", "identity"), *headers]
         self._fixed_headers = "".join(f"{k}: {v}\r\n" for k, v in fixed).encode("latin-1")
+        self._starts: dict[tuple[str, str], bytes] = {}
+        """Request line and fixed headers, by method and path, made once each."""
         self._idle: deque[Connection] = deque()
         self._open = 0
         self._queue: deque[asyncio.Future[None]] = deque()
@@ -98,14 +107,15 @@ class Pool:
     def _head(
         self, method: str, path: str, body: bytes, headers: Iterable[tuple[str, str]]
     ) -> bytes:
-        extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
-        return b"".join(
-            (
-                f"{method} {self.path}{path} HTTP/1.1\r\n".encode("latin-1"),
-                self._fixed_headers,
-                f"{extra}Content-Length: {len(body)}\r\n\r\n".encode("latin-1"),
+        start = self._starts.get((method, path))
+        if start is None:
+            if len(self._starts) > 1024:
+                self._starts.clear()
+            start = self._starts[(method, path)] = (
+                f"{method} {self.path}{path} HTTP/1.1\r\n".encode("latin-1") + self._fixed_headers
             )
-        )
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
+        return b"%s%sContent-Length: %d\r\n\r\n" % (start, extra.encode("latin-1"), len(body))
 
     async def _acquire(self) -> Connection:
         if self._closed:

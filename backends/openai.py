@@ -230,7 +230,7 @@ class OpenAIBackend:
             ) as answer:
                 await raise_for_upstream(self.name, answer)
                 meter = ResponseMeter(self.options.max_response_bytes, self.name)
-                async for events in sse_events(meter.counted(answer.chunks())):
+                async for events in sse_events(answer.chunks(), meter):
                     yield events
         except TimeoutError:
             raise BackendTimeout(
@@ -287,10 +287,14 @@ def _with_query(path: str, params: Sequence[tuple[str, str]]) -> str:
     return f"{path}?{urlencode(params)}" if params else path
 
 
-async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
-    """The data of the SSE events in `chunks`, grouped by the chunk that completed them."""
+async def sse_events(
+    chunks: AsyncIterator[bytes], meter: ResponseMeter
+) -> AsyncIterator[list[bytes]]:
+    """The data of the SSE events in `chunks`, grouped by the chunk that completed them;
+    `meter` counts the bytes (past its limit it raises)."""
     buffer = b""
     async for chunk in chunks:
+        meter.add(len(chunk))
         buffer += chunk
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")

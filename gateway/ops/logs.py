@@ -81,24 +81,39 @@ def _now_text() -> str:
 class AccessLines:
     """The per-request access lines, in the same JSON shape as every other line, written
     straight to Tollway's handler: one orjson call per line instead of a LogRecord, a
-    filter and a formatter; the lines of one event-loop pass go out in one write (at most
-    `max_buffered` bytes wait). Their fields are ids, names and numbers chosen by the
-    caller, so there is nothing for the redaction filter to find. Without Tollway's
-    handler installed they go through `logging` as usual."""
+    filter and a formatter. Lines bound for a file descriptor wait in a buffer that goes
+    out in one write every `flush_s` (or once `max_buffered` bytes wait, and at
+    shutdown), so a busy gateway makes a few writes a second, not one per request; a
+    stream in memory (tests) is written at once. Their fields are ids, names and numbers
+    chosen by the caller, so there is nothing for the redaction filter to find. Without
+    Tollway's handler installed they go through `logging` as usual."""
 
-    __slots__ = ("_buffered", "_lines", "_loop", "_scheduled", "max_buffered")
+    __slots__ = (
+        "_buffered", "_buffering", "_lines", "_loop", "_stream", "_timer", "flush_s",
+        "max_buffered",
+    )  # fmt: skip
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, max_buffered: int = 64 * 1024) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        flush_s: float = 0.05,
+        max_buffered: int = 64 * 1024,
+    ) -> None:
         self._loop = loop
         self._lines: list[bytes] = []
         self._buffered = 0
-        self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._stream: TextIO | None = None
+        self._buffering = False
+        self.flush_s = flush_s
         self.max_buffered = max_buffered
 
     def write(self, fields: dict[str, Any]) -> None:
         if not _access.isEnabledFor(logging.INFO):
             return
-        if _stream() is None:
+        stream = _stream()
+        if stream is None:
             _access.info("request", extra=fields)
             return
         line = orjson.dumps(
@@ -108,14 +123,17 @@ class AccessLines:
         )  # fmt: skip
         self._lines.append(line)
         self._buffered += len(line)
-        if self._buffered >= self.max_buffered:
+        if stream is not self._stream:
+            self._stream, self._buffering = stream, _has_descriptor(stream)
+        if self._buffered >= self.max_buffered or not self._buffering:
             self.flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self.flush)
+        elif self._timer is None:
+            self._timer = self._loop.call_later(self.flush_s, self.flush)
 
     def flush(self) -> None:
-        self._scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self._lines:
             return
         text = b"".join(self._lines).decode()
@@ -130,6 +148,15 @@ class AccessLines:
             handler.flush()
         finally:
             handler.release()
+
+
+def _has_descriptor(stream: TextIO) -> bool:
+    """Whether writing `stream` costs a system call (a file, a pipe, a terminal)."""
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
 
 
 def _stream() -> TextIO | None:

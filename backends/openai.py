@@ -158,10 +158,10 @@ class OpenAIBackend:
             ok, detail = False, type(exc).__name__
         return Health(ok, detail, time.perf_counter() - started)
 
-    async def chat(self, body: Mapping[str, Any], ctx: CallContext) -> JSONResponse:
+    async def chat(self, body: Mapping[str, Any] | bytes, ctx: CallContext) -> JSONResponse:
         return await self.call_json("POST", "/chat/completions", ctx, body=body)
 
-    async def embeddings(self, body: Mapping[str, Any], ctx: CallContext) -> JSONResponse:
+    async def embeddings(self, body: Mapping[str, Any] | bytes, ctx: CallContext) -> JSONResponse:
         return await self.call_json("POST", "/embeddings", ctx, body=body)
 
     async def models(self, ctx: CallContext) -> list[dict[str, Any]]:
@@ -187,15 +187,16 @@ class OpenAIBackend:
         path: str,
         ctx: CallContext,
         *,
-        body: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | bytes | None = None,
         params: Sequence[tuple[str, str]] = (),
     ) -> JSONResponse:
-        """One JSON call to `path` under the API root; an error status raises."""
+        """One JSON call to `path` under the API root (`body` as a mapping, or JSON already
+        encoded); an error status raises."""
         try:
             async with await self.pool.request(
                 method,
                 _with_query(path, params),
-                orjson.dumps(body) if body is not None else b"",
+                _encoded(body),
                 (("X-Request-ID", ctx.request_id),),
                 idle_timeout_s=self.first_token_timeout_s,
             ) as answer:
@@ -281,6 +282,12 @@ class OpenAIBackend:
             ) from None
         except aiohttp.ClientError as exc:
             raise transport_error(self.name, exc) from exc
+
+
+def _encoded(body: Mapping[str, Any] | bytes | None) -> bytes:
+    if body is None:
+        return b""
+    return body if isinstance(body, bytes) else orjson.dumps(body)
 
 
 def _with_query(path: str, params: Sequence[tuple[str, str]]) -> str:

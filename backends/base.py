@@ -181,7 +181,7 @@ class Backend(Protocol):
 
 
 class LLMBackend(Backend, Protocol):
-    async def chat(self, body: Mapping[str, Any], ctx: CallContext) -> JSONResponse:
+    async def chat(self, body: Mapping[str, Any] | bytes, ctx: CallContext) -> JSONResponse:
         """A non-streaming chat completion; `body` is the client's, with the model resolved."""
 
     def chat_stream(self, body: Mapping[str, Any], ctx: CallContext) -> AsyncIterator[list[bytes]]:
@@ -189,7 +189,9 @@ class LLMBackend(Backend, Protocol):
         complete events one network read brought (never empty), so a relay can pass
         them on in one write."""
 
-    async def embeddings(self, body: Mapping[str, Any], ctx: CallContext) -> JSONResponse: ...
+    async def embeddings(
+        self, body: Mapping[str, Any] | bytes, ctx: CallContext
+    ) -> JSONResponse: ...
 
     async def models(self, ctx: CallContext) -> list[dict[str, Any]]: ...
 
@@ -199,7 +201,7 @@ class LLMBackend(Backend, Protocol):
         path: str,
         ctx: CallContext,
         *,
-        body: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | bytes | None = None,
         params: Sequence[tuple[str, str]] = (),
     ) -> JSONResponse:
         """One JSON call to `path` under the API root (``/responses``, ``/completions``,

@@ -1,17 +1,18 @@
-"""What the HTTP adapters share: one pooled session per backend, option checks, and the
+"""What the HTTP adapters share: the pooled clients of a backend, option checks, and the
 translation of transport failures and error statuses into `gateway.errors`."""
 
 from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol, cast
 
 import aiohttp
 import orjson
 
 from backends.base import OptionError
+from backends.http_client import ConnectFailed, Disconnected, Pool, TooLarge
 from gateway.errors import (
     BackendError,
     BackendTimeout,
@@ -24,6 +25,7 @@ from gateway.errors import (
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
     "HTTPOptions",
+    "new_pool",
     "ResponseMeter",
     "new_session",
     "option_number",
@@ -125,6 +127,36 @@ def new_session(
     )
 
 
+def new_pool(options: HTTPOptions, *, connect_timeout_s: float) -> Pool:
+    """The lean keep-alive pool for JSON and SSE calls to the backend's API root."""
+    return Pool(
+        options.base_url,
+        max_connections=options.max_connections,
+        connect_timeout_s=connect_timeout_s,
+        headers=options.headers().items(),
+    )
+
+
+class AnyAnswer(Protocol):
+    """An answer's status and headers, and its body on demand: what both clients give."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    async def read(self) -> bytes: ...
+
+
+class UpstreamAnswer(AnyAnswer, Protocol):
+    """The lean client's answer: read whole within a limit, or chunk by chunk."""
+
+    async def read(self, limit: int | None = None) -> bytes: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+
 def too_large(backend: str, limit: int) -> ResponseTooLarge:
     """The upstream's answer passed `max_response_bytes`: refused, not retried, and not a
     breaker failure (the backend answered; the answer is what is wrong)."""
@@ -135,18 +167,16 @@ def too_large(backend: str, limit: int) -> ResponseTooLarge:
     )
 
 
-async def read_capped(response: aiohttp.ClientResponse, limit: int, backend: str) -> bytes:
+async def read_capped(response: UpstreamAnswer, limit: int, backend: str) -> bytes:
     """The body, counted while it arrives: past `limit` bytes the read stops (the rest is
     never held in memory) and `too_large` is raised."""
-    declared = response.content_length
-    if declared is not None and declared > limit:
+    declared = response.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large(backend, limit)
-    meter = ResponseMeter(limit, backend)
-    parts: list[bytes] = []
-    async for chunk in response.content.iter_any():
-        meter.add(len(chunk))
-        parts.append(chunk)
-    return b"".join(parts)
+    try:
+        return await response.read(limit)
+    except TooLarge:
+        raise too_large(backend, limit) from None
 
 
 class ResponseMeter:
@@ -193,20 +223,22 @@ def transport_error(backend: str, exc: BaseException) -> BackendError:
     Failing to connect at all (refused, DNS, TLS, connect timeout) is `BackendUnreachable`,
     a failure of the whole backend; a read that timed out (``sock_read``: nothing came in
     time) is `BackendTimeout`, which is not retried on the same backend."""
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+    if isinstance(
+        exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError | ConnectFailed
+    ):
         return BackendUnreachable(
             f"backend {backend!r} refused or could not be reached", backend=backend, retry_after=1
         )
     if isinstance(exc, aiohttp.SocketTimeoutError):
         return BackendTimeout(f"backend {backend!r} sent nothing in time", backend=backend)
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | Disconnected):
         message = f"backend {backend!r} closed the connection"
     else:
         message = f"backend {backend!r} sent a broken answer"
     return BackendUnavailable(message, backend=backend, retry_after=1)
 
 
-async def raise_for_upstream(backend: str, response: aiohttp.ClientResponse) -> None:
+async def raise_for_upstream(backend: str, response: AnyAnswer) -> None:
     """Raise `UpstreamHTTPError` for an error status, keeping the upstream's message,
     type, code and param (OpenAI's shape, or Tavily's ``detail.error``)."""
     if response.status < 400:
@@ -238,11 +270,16 @@ async def raise_for_upstream(backend: str, response: aiohttp.ClientResponse) -> 
     )
 
 
-async def _error_body(response: aiohttp.ClientResponse, limit: int = 1024 * 1024) -> bytes:
+async def _error_body(response: AnyAnswer, limit: int = 1024 * 1024) -> bytes:
     """An error answer's body, at most `limit` bytes of it: enough for any message."""
     parts: list[bytes] = []
     size = 0
-    async for chunk in response.content.iter_any():
+    chunks = (
+        response.content.iter_any()
+        if isinstance(response, aiohttp.ClientResponse)
+        else cast(UpstreamAnswer, response).chunks()
+    )
+    async for chunk in chunks:
         parts.append(chunk)
         size += len(chunk)
         if size >= limit:

@@ -13,9 +13,11 @@ may bring, a JSON body or a whole stream, counted as it arrives; default 64 MiB)
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
@@ -32,12 +34,14 @@ from backends.base import (
 from backends.http import (
     HTTPOptions,
     ResponseMeter,
+    new_pool,
     new_session,
     option_number,
     raise_for_upstream,
     read_capped,
     transport_error,
 )
+from backends.http_client import HTTPClientError, Pool
 from gateway.errors import BackendTimeout, BackendUnavailable
 
 __all__ = ["OpenAIBackend", "create"]
@@ -78,6 +82,10 @@ def create(
 
 
 class OpenAIBackend:
+    """JSON calls and SSE streams go through the lean pooled client
+    (`backends.http_client`); uploads relayed as they arrive (audio) through aiohttp's
+    session, which streams a request body."""
+
     kind: BackendKind = "llm"
 
     def __init__(
@@ -97,25 +105,31 @@ class OpenAIBackend:
         self.idle_timeout_s = idle_timeout_s
         self.done_drain_s = done_drain_s
         self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
         self._base = options.base_url
-        # A request's timeout replaces the session's whole: each keeps the connect bound.
         # A JSON answer's first byte (its headers: the provider answers when it is done)
-        # must come within the first-token deadline, so a stuck call fails over.
+        # must come within the first-token deadline, so a stuck call fails over. Until a
+        # stream's first event the guard's first-token deadline rules, so its read bound
+        # starts at the larger of the two and tightens to the idle timeout after that.
+        self._first_read_s = max(idle_timeout_s, first_token_timeout_s)
+        # Uploads relayed through aiohttp: a request's timeout replaces the session's.
         self._json_timeout = aiohttp.ClientTimeout(
             connect=connect_timeout_s, sock_read=first_token_timeout_s
         )
-        # Until a stream's first event the guard's first-token deadline rules, so the
-        # read bound starts at the larger of the two and tightens after the first read.
         self._stream_timeout = aiohttp.ClientTimeout(
-            connect=connect_timeout_s, sock_read=max(idle_timeout_s, first_token_timeout_s)
+            connect=connect_timeout_s, sock_read=self._first_read_s
         )
 
     async def start(self) -> None:
+        self._pool = new_pool(self.options, connect_timeout_s=self.connect_timeout_s)
         self._session = new_session(
             self.options, connect_timeout_s=self.connect_timeout_s, read_timeout_s=None
         )
 
     async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -126,97 +140,44 @@ class OpenAIBackend:
             raise BackendUnavailable(f"backend {self.name!r} is not started", backend=self.name)
         return self._session
 
+    @property
+    def pool(self) -> Pool:
+        if self._pool is None:
+            raise BackendUnavailable(f"backend {self.name!r} is not started", backend=self.name)
+        return self._pool
+
     async def health(self) -> Health:
         started = time.perf_counter()
         try:
-            async with self.session.get(
-                f"{self._base}/models", timeout=aiohttp.ClientTimeout(total=_HEALTH_TIMEOUT_S)
-            ) as response:
-                await response.read()
-                ok = response.status < 500
-                detail = "" if ok else f"answered {response.status}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            async with asyncio.timeout(_HEALTH_TIMEOUT_S):
+                async with await self.pool.request("GET", "/models") as answer:
+                    await answer.read()
+            ok = answer.status < 500
+            detail = "" if ok else f"answered {answer.status}"
+        except (HTTPClientError, TimeoutError) as exc:
             ok, detail = False, type(exc).__name__
         return Health(ok, detail, time.perf_counter() - started)
 
-    async def _post_json(
-        self, path: str, body: Mapping[str, Any], ctx: CallContext
-    ) -> JSONResponse:
-        try:
-            async with self.session.post(
-                f"{self._base}{path}",
-                data=orjson.dumps(body),
-                headers={"X-Request-ID": ctx.request_id},
-                timeout=self._json_timeout,
-            ) as response:
-                await raise_for_upstream(self.name, response)
-                raw = await read_capped(response, self.options.max_response_bytes, self.name)
-                return JSONResponse(response.status, raw, _passed_headers(response))
-        except aiohttp.ClientError as exc:
-            raise transport_error(self.name, exc) from exc
+    async def chat(self, body: Mapping[str, Any] | bytes, ctx: CallContext) -> JSONResponse:
+        return await self.call_json("POST", "/chat/completions", ctx, body=body)
 
-    async def chat(self, body: Mapping[str, Any], ctx: CallContext) -> JSONResponse:
-        return await self._post_json("/chat/completions", body, ctx)
-
-    async def embeddings(self, body: Mapping[str, Any], ctx: CallContext) -> JSONResponse:
-        return await self._post_json("/embeddings", body, ctx)
+    async def embeddings(self, body: Mapping[str, Any] | bytes, ctx: CallContext) -> JSONResponse:
+        return await self.call_json("POST", "/embeddings", ctx, body=body)
 
     async def models(self, ctx: CallContext) -> list[dict[str, Any]]:
+        answer = await self.call_json("GET", "/models", ctx)
         try:
-            async with self.session.get(
-                f"{self._base}/models", headers={"X-Request-ID": ctx.request_id}
-            ) as response:
-                await raise_for_upstream(self.name, response)
-                payload = orjson.loads(await response.read())
-        except aiohttp.ClientError as exc:
-            raise transport_error(self.name, exc) from exc
+            payload = orjson.loads(answer.body)
         except orjson.JSONDecodeError as exc:
             raise transport_error(self.name, exc) from exc
         data = payload.get("data") if isinstance(payload, dict) else None
         return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
 
-    async def chat_stream(
-        self, body: Mapping[str, Any], ctx: CallContext
-    ) -> AsyncIterator[list[bytes]]:
+    def chat_stream(self, body: Mapping[str, Any], ctx: CallContext) -> AsyncIterator[list[bytes]]:
         """The data of the SSE events (``[DONE]`` included) each network read completes,
         comments and other fields dropped. Raises before the first item for a refused or
         failed call; a read gap longer than ``idle_timeout_s`` raises `BackendTimeout`."""
-        try:
-            async with self.session.post(
-                f"{self._base}/chat/completions",
-                data=orjson.dumps(body),
-                headers={"X-Request-ID": ctx.request_id, "Accept": "text/event-stream"},
-                timeout=self._stream_timeout,
-            ) as response:
-                await raise_for_upstream(self.name, response)
-                protocol = response.connection.protocol if response.connection else None
-                meter = ResponseMeter(self.options.max_response_bytes, self.name)
-                buffer = b""
-                async for chunk in response.content.iter_any():
-                    meter.add(len(chunk))
-                    if protocol is not None:  # from now on, the idle timeout
-                        protocol.read_timeout = self.idle_timeout_s
-                        protocol = None
-                    buffer += chunk
-                    if b"\r" in buffer:
-                        buffer = buffer.replace(b"\r\n", b"\n")
-                    *blocks, buffer = buffer.split(b"\n\n")
-                    if blocks:
-                        events = [data for data in map(event_data, blocks) if data is not None]
-                        if events:
-                            yield events
-                last = event_data(buffer.strip(b"\n"))
-                if last is not None:
-                    yield [last]
-        except aiohttp.ConnectionTimeoutError as exc:  # connecting, not a silent stream
-            raise transport_error(self.name, exc) from exc
-        except TimeoutError:
-            raise BackendTimeout(
-                f"backend {self.name!r} went silent for {self.idle_timeout_s:g}s",
-                backend=self.name,
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise transport_error(self.name, exc) from exc
+        return self.event_stream("/chat/completions", body, ctx)
 
     # --- the rest of the OpenAI surface: responses, completions, moderations, audio, images
 
@@ -226,23 +187,27 @@ class OpenAIBackend:
         path: str,
         ctx: CallContext,
         *,
-        body: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | bytes | None = None,
         params: Sequence[tuple[str, str]] = (),
     ) -> JSONResponse:
-        """One JSON call to `path` under the API root; an error status raises."""
+        """One JSON call to `path` under the API root (`body` as a mapping, or JSON already
+        encoded); an error status raises."""
         try:
-            async with self.session.request(
+            async with await self.pool.request(
                 method,
-                f"{self._base}{path}",
-                data=orjson.dumps(body) if body is not None else None,
-                params=list(params),
-                headers={"X-Request-ID": ctx.request_id},
-                timeout=self._json_timeout,
-            ) as response:
-                await raise_for_upstream(self.name, response)
-                raw = await read_capped(response, self.options.max_response_bytes, self.name)
-                return JSONResponse(response.status, raw, _passed_headers(response))
-        except aiohttp.ClientError as exc:
+                _with_query(path, params),
+                _encoded(body),
+                (("X-Request-ID", ctx.request_id),),
+                idle_timeout_s=self.first_token_timeout_s,
+            ) as answer:
+                await raise_for_upstream(self.name, answer)
+                raw = await read_capped(answer, self.options.max_response_bytes, self.name)
+                return JSONResponse(answer.status, raw, passed_headers(answer.headers))
+        except TimeoutError:
+            raise BackendTimeout(
+                f"backend {self.name!r} sent nothing in time", backend=self.name
+            ) from None
+        except HTTPClientError as exc:
             raise transport_error(self.name, exc) from exc
 
     async def event_stream(
@@ -256,36 +221,24 @@ class OpenAIBackend:
     ) -> AsyncIterator[list[bytes]]:
         """The data of the SSE events of any streamed answer, as `chat_stream` gives them."""
         try:
-            async with self.session.request(
+            async with await self.pool.request(
                 method,
-                f"{self._base}{path}",
-                data=orjson.dumps(body) if body is not None else None,
-                params=list(params),
-                headers={"X-Request-ID": ctx.request_id, "Accept": "text/event-stream"},
-                timeout=self._stream_timeout,
-            ) as response:
-                await raise_for_upstream(self.name, response)
+                _with_query(path, params),
+                orjson.dumps(body) if body is not None else b"",
+                (("X-Request-ID", ctx.request_id), ("Accept", "text/event-stream")),
+                idle_timeout_s=self._first_read_s,
+                idle_after_first_s=self.idle_timeout_s,
+            ) as answer:
+                await raise_for_upstream(self.name, answer)
                 meter = ResponseMeter(self.options.max_response_bytes, self.name)
-                buffer = b""
-                async for chunk in response.content.iter_any():
-                    meter.add(len(chunk))
-                    buffer += chunk
-                    if b"\r" in buffer:
-                        buffer = buffer.replace(b"\r\n", b"\n")
-                    *blocks, buffer = buffer.split(b"\n\n")
-                    if blocks:
-                        events = [data for data in map(event_data, blocks) if data is not None]
-                        if events:
-                            yield events
-                last = event_data(buffer.strip(b"\n"))
-                if last is not None:
-                    yield [last]
+                async for events in sse_events(answer.chunks(), meter):
+                    yield events
         except TimeoutError:
             raise BackendTimeout(
                 f"backend {self.name!r} went silent for {self.idle_timeout_s:g}s",
                 backend=self.name,
             ) from None
-        except aiohttp.ClientError as exc:
+        except HTTPClientError as exc:
             raise transport_error(self.name, exc) from exc
 
     async def relay(
@@ -318,7 +271,7 @@ class OpenAIBackend:
                     response.headers.get("Content-Type", "application/octet-stream"),
                     # a compressed answer is relayed decompressed: its length is not known
                     None if "Content-Encoding" in response.headers else response.content_length,
-                    _passed_headers(response),
+                    passed_headers(response.headers),
                 )
                 async for chunk in response.content.iter_any():
                     yield chunk
@@ -329,6 +282,37 @@ class OpenAIBackend:
             ) from None
         except aiohttp.ClientError as exc:
             raise transport_error(self.name, exc) from exc
+
+
+def _encoded(body: Mapping[str, Any] | bytes | None) -> bytes:
+    if body is None:
+        return b""
+    return body if isinstance(body, bytes) else orjson.dumps(body)
+
+
+def _with_query(path: str, params: Sequence[tuple[str, str]]) -> str:
+    return f"{path}?{urlencode(params)}" if params else path
+
+
+async def sse_events(
+    chunks: AsyncIterator[bytes], meter: ResponseMeter
+) -> AsyncIterator[list[bytes]]:
+    """The data of the SSE events in `chunks`, grouped by the chunk that completed them;
+    `meter` counts the bytes (past its limit it raises)."""
+    buffer = b""
+    async for chunk in chunks:
+        meter.add(len(chunk))
+        buffer += chunk
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")
+        *blocks, buffer = buffer.split(b"\n\n")
+        if blocks:
+            events = [data for data in map(event_data, blocks) if data is not None]
+            if events:
+                yield events
+    last = event_data(buffer.strip(b"\n"))
+    if last is not None:
+        yield [last]
 
 
 def event_data(block: bytes) -> bytes | None:
@@ -344,8 +328,8 @@ def event_data(block: bytes) -> bytes | None:
     return b"\n".join(data) if data else None
 
 
-def _passed_headers(response: aiohttp.ClientResponse) -> dict[str, str]:
+def passed_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """Upstream headers worth giving the client: the provider's processing time. Its
     ``x-ratelimit-*`` are not passed: they describe Tollway's quota, not the caller's."""
-    value = response.headers.get("openai-processing-ms")
+    value = headers.get("openai-processing-ms")
     return {"openai-processing-ms": value} if value is not None else {}

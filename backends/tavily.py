@@ -11,7 +11,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 
 from backends.base import (
@@ -24,11 +23,12 @@ from backends.base import (
 )
 from backends.http import (
     HTTPOptions,
-    new_session,
+    new_pool,
     raise_for_upstream,
     read_capped,
     transport_error,
 )
+from backends.http_client import HTTPClientError, Pool
 from gateway.errors import BackendUnavailable
 
 __all__ = ["TavilyBackend", "create"]
@@ -63,22 +63,20 @@ class TavilyBackend:
         self.name = name
         self.options = options
         self.connect_timeout_s = connect_timeout_s
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
 
     async def start(self) -> None:
-        self._session = new_session(
-            self.options, connect_timeout_s=self.connect_timeout_s, read_timeout_s=None
-        )
+        self._pool = new_pool(self.options, connect_timeout_s=self.connect_timeout_s)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     async def health(self) -> Health:
         # Tavily has no free endpoint to probe; a search would spend credits. The breaker
         # tells readiness about failures seen on real traffic instead.
-        return Health(self._session is not None, "" if self._session else "not started")
+        return Health(self._pool is not None, "" if self._pool else "not started")
 
     async def search(self, body: Mapping[str, Any], ctx: CallContext) -> JSONResponse:
         return await self._post("/search", body, ctx)
@@ -87,19 +85,17 @@ class TavilyBackend:
         return await self._post("/extract", body, ctx)
 
     async def _post(self, path: str, body: Mapping[str, Any], ctx: CallContext) -> JSONResponse:
-        if self._session is None:
+        if self._pool is None:
             raise BackendUnavailable(f"backend {self.name!r} is not started", backend=self.name)
         started = time.perf_counter()
         try:
-            async with self._session.post(
-                f"{self.options.base_url}{path}",
-                data=orjson.dumps(body),
-                headers={"X-Request-ID": ctx.request_id},
+            async with await self._pool.request(
+                "POST", path, orjson.dumps(body), (("X-Request-ID", ctx.request_id),)
             ) as response:
                 await raise_for_upstream(self.name, response)
                 raw = await read_capped(response, self.options.max_response_bytes, self.name)
                 status = response.status
-        except aiohttp.ClientError as exc:
+        except HTTPClientError as exc:
             raise transport_error(self.name, exc) from exc
         try:
             answer = orjson.loads(raw)

@@ -8,6 +8,7 @@ request id → access log + metrics → compression → errors → body limit �
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -22,20 +23,20 @@ from gateway.config import Config, config_key
 from gateway.data import odata
 from gateway.data import routes as data
 from gateway.data.datasets import build_datasets
-from gateway.edge.access_log import access_log_middleware
-from gateway.edge.auth import auth_middleware
-from gateway.edge.body_limit import body_limit_middleware
+from gateway.edge.access_log import AccessLog
+from gateway.edge.auth import Authenticator
+from gateway.edge.body_limit import BodyLimits
 from gateway.edge.body_schema import BodyChecks, body_checks_key
-from gateway.edge.budget import budget_middleware
+from gateway.edge.budget import Budgets
 from gateway.edge.client_ip import TrustedProxies, trusted_proxies_key
-from gateway.edge.compression import compression_middleware
-from gateway.edge.error_answers import errors_middleware
+from gateway.edge.compression import Compressor
 from gateway.edge.headers import add_common_headers
-from gateway.edge.ip_limit import ip_limit_middleware
-from gateway.edge.key_sync import key_sync_context
+from gateway.edge.ip_limit import IpLimits
+from gateway.edge.key_sync import key_sync_context, unknown_keys_key
 from gateway.edge.keytable import KeyTable, key_table_key
-from gateway.edge.rate_limit import rate_limit_middleware
-from gateway.edge.request_id import request_id_middleware
+from gateway.edge.pipeline import Pipeline, pipeline_key
+from gateway.edge.rate_limit import RateLimits
+from gateway.edge.request_id import RequestIds
 from gateway.llm import audio, passthrough, responses, search
 from gateway.llm import routes as llm
 from gateway.llm.responses_store import response_owners_context
@@ -49,6 +50,7 @@ from gateway.ops.lifecycle import (
     mark_started,
     state_key,
 )
+from gateway.ops.logs import AccessLines
 from gateway.ops.metrics import Metrics, metrics_key
 from gateway.ops.streams import OpenStreams, open_streams_key
 from gateway.ops.tasks import BackgroundTasks, tasks_key
@@ -57,7 +59,7 @@ from gateway.resilience.limiter import Limiter, LocalLimiter, limiter_key
 from gateway.resilience.redis_limiter import RedisLimiter
 from gateway.resilience.shared_redis import RedisHealth, SharedRedis, shared_redis_key
 from gateway.routing import RouteDef, route_specs_key
-from gateway.state.service import state_context
+from gateway.state.service import state_context, state_service_key
 
 __all__ = ["check_config", "create_app"]
 
@@ -89,53 +91,57 @@ def warn_if_replicas_share_nothing(config: Config) -> None:
 def create_app(config: Config) -> web.Application:
     check_config(config)
     warn_if_replicas_share_nothing(config)
-    app = web.Application(
-        middlewares=[
-            request_id_middleware,
-            access_log_middleware(config.server.slow_request_s),
-            *(
-                [
-                    compression_middleware(
-                        config.server.compression_min_bytes,
-                        offload_bytes=config.server.compression_offload_bytes,
-                    )
-                ]
-                if config.server.compression
-                else []
-            ),
-            errors_middleware,
-            body_limit_middleware(
-                config.server.max_body_bytes,
-                {"audio": (config.server.audio_max_bytes, "server.audio_max_bytes")},
-            ),
-            ip_limit_middleware(config.limits),
-            auth_middleware,
-            rate_limit_middleware(config.limits),
-            budget_middleware,
-        ],
-        client_max_size=config.server.max_body_bytes,
+    server = config.server
+
+    # The parts every request meets.
+    metrics = Metrics()
+    key_table = KeyTable.from_config(config.keys)
+    redis = SharedRedis(config.redis, metrics, prefix=config.redis_prefix) if config.redis else None
+    limiter: Limiter = (
+        RedisLimiter(redis, metrics, lease_s=config.limits.redis_lease_s)
+        if redis
+        else LocalLimiter()
     )
+    errors = ErrorTracker(server.sentry_dsn, release=__version__)
+
+    # The front door, in the order a request meets it (`gateway.edge.pipeline`).
+    pipeline = Pipeline(
+        metrics=metrics,
+        request_ids=RequestIds(),
+        access_log=AccessLog(metrics, slow_request_s=server.slow_request_s),
+        compressor=(
+            Compressor(server.compression_min_bytes, offload_bytes=server.compression_offload_bytes)
+            if server.compression
+            else None
+        ),
+        body_limits=BodyLimits(
+            server.max_body_bytes, {"audio": (server.audio_max_bytes, "server.audio_max_bytes")}
+        ),
+        ip_limits=IpLimits(config.limits, limiter, metrics),
+        auth=Authenticator(key_table, config.odata.key_param),
+        rate_limits=RateLimits(config.limits, limiter, metrics),
+        budgets=Budgets(limiter, metrics),
+        errors=errors,
+    )
+    app = web.Application(middlewares=[pipeline.handle], client_max_size=server.max_body_bytes)
     app[config_key] = config
-    app[metrics_key] = Metrics()
+    app[metrics_key] = metrics
     app[state_key] = AppState(started_at=time.time())
     app[tasks_key] = BackgroundTasks()
     app[open_streams_key] = OpenStreams()
-    app[key_table_key] = KeyTable.from_config(config.keys)
+    app[key_table_key] = key_table
     app[health_sources_key] = []
-    redis = (
-        SharedRedis(config.redis, app[metrics_key], prefix=config.redis_prefix)
-        if config.redis
-        else None
-    )
     app[shared_redis_key] = redis
-    limiter: Limiter = RedisLimiter(redis, app[metrics_key]) if redis else LocalLimiter()
     app[limiter_key] = limiter
-    app[response_cache_key] = ResponseCache(config.cache, app[metrics_key], redis)
+    app[response_cache_key] = ResponseCache(config.cache, metrics, redis)
     if redis is not None:
         app[health_sources_key].append(RedisHealth(redis))
         app.on_cleanup.append(_close_redis)
-    app[trusted_proxies_key] = TrustedProxies(config.server.trusted_proxies)
-    app[error_tracker_key] = ErrorTracker(config.server.sentry_dsn, release=__version__)
+    app[trusted_proxies_key] = TrustedProxies(server.trusted_proxies)
+    app[error_tracker_key] = errors
+    app[pipeline_key] = pipeline
+    app.on_startup.append(_start_front_door)
+    app.on_cleanup.append(_flush_access_lines)
 
     route_defs: list[RouteDef] = [
         *health_routes.routes(),
@@ -178,6 +184,21 @@ def add_routes(app: web.Application, route_defs: list[RouteDef]) -> None:
         specs[added] = route.spec
         checks.for_spec(route.spec)  # each published schema compiled once, at start
     app[route_specs_key] = specs
+
+
+async def _start_front_door(app: web.Application) -> None:
+    """What the front door writes to exists once the app has started: bind it, and plan
+    every route (routes added after `create_app`, as tests do, included)."""
+    pipeline = app[pipeline_key]
+    service = app.get(state_service_key)
+    lines = AccessLines(asyncio.get_running_loop())
+    pipeline.access_log.start(lines, service.usage if service is not None else None)
+    pipeline.auth.start(service, app.get(unknown_keys_key))
+    pipeline.plan(app[route_specs_key])
+
+
+async def _flush_access_lines(app: web.Application) -> None:
+    app[pipeline_key].access_log.flush()
 
 
 def add_cors(app: web.Application, origins: tuple[str, ...]) -> None:

@@ -19,6 +19,7 @@ from gateway.ops.logs import configure_logging
 from tests.services import (  # noqa: F401 - fixtures every test module may use
     IN_CI,
     fake,
+    own_redis,
     pg_database,
     pg_databases,
     redis_prefix,

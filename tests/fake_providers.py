@@ -41,6 +41,7 @@ class Seen:
     headers: dict[str, str]
     body: Any
     at: float = field(default_factory=time.monotonic)
+    raw: bytes = b""
 
 
 class FakeProvider(SurfaceEndpoints):
@@ -86,7 +87,7 @@ class FakeProvider(SurfaceEndpoints):
     async def _record(self, request: web.Request) -> Any:
         raw = await request.read()
         body = orjson.loads(raw) if raw else None
-        self.seen.append(Seen(request.path, dict(request.headers), body))
+        self.seen.append(Seen(request.path, dict(request.headers), body, raw=raw))
         return body
 
     async def _common_failure(self, request: web.Request, mode: str) -> web.StreamResponse | None:

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ import redis.asyncio as aioredis
 
 from tests.fake_providers import FakeProvider
 
-__all__ = ["IN_CI", "POSTGRES_DSN", "REDIS_URL", "free_port", "skip_or_fail"]
+__all__ = ["IN_CI", "POSTGRES_DSN", "REDIS_URL", "OwnRedis", "free_port", "skip_or_fail"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -142,3 +143,50 @@ def throwaway_cluster() -> Iterator[Any]:
     finally:
         as_postgres(pg_ctl, "-D", str(data), "-m", "immediate", "stop", check=False)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class OwnRedis:
+    """A redis-server of the test's own, which it may kill and start again."""
+
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.port = free_port()
+        self.folder = tempfile.mkdtemp(prefix="tollway-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.folder, *self.args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(5)
+            self.process = None
+
+
+@pytest.fixture
+def own_redis() -> Any:
+    if shutil.which("redis-server") is None:
+        skip_or_fail("redis-server (Debian redis-server) is needed to test Redis failing")
+    server = OwnRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+        shutil.rmtree(server.folder, ignore_errors=True)

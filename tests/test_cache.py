@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,10 +20,9 @@ from tests.conftest import (
     base_config_data,
     make_config,
     merge,
-    skip_or_fail,
 )
 from tests.fake_providers import UPSTREAM_KEY, FakeProvider
-from tests.services import REDIS_URL, free_port
+from tests.services import REDIS_URL, OwnRedis
 
 TEN_KEY = "tw_ten-per-minute-0123456789abcdefgh"
 AUTH = {"Authorization": f"Bearer {USER_KEY}"}
@@ -189,52 +184,6 @@ async def test_two_replicas_share_entries_and_limits_through_redis(
     statuses = sorted(a.status for a in answers)
     assert statuses == [200] * 10 + [429] * 20
     assert all("Retry-After" in a.headers for a in answers if a.status == 429)
-
-
-class OwnRedis:
-    """A redis-server of the test's own, which it may kill and start again."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.folder = tempfile.mkdtemp(prefix="tollway-redis-")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.folder],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(5)
-            self.process = None
-
-
-@pytest.fixture
-def own_redis() -> Any:
-    if shutil.which("redis-server") is None:
-        skip_or_fail("redis-server (Debian redis-server) is needed to test Redis failing")
-    server = OwnRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-        shutil.rmtree(server.folder, ignore_errors=True)
 
 
 async def test_redis_killed_under_load_fails_no_request(start: Start, own_redis: OwnRedis) -> None:

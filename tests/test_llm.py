@@ -504,3 +504,24 @@ def test_adapter_options_are_checked_when_the_app_is_built() -> None:
     with pytest.raises(ConfigError, match=r"backends\.x\.headers: set the provider's key"):
         headers = {"Authorization": "Bearer y"}
         check_config(make_config({"backends": {"x": {**base, "headers": headers}}}))
+
+
+async def test_a_body_whose_model_the_upstream_knows_goes_upstream_as_it_came(
+    tollway: Tollway, fake: FakeProvider
+) -> None:
+    client = await tollway()
+    raw = b'{ "messages" : [ {"role":"user","content":"x"} ], "model":"gpt-4o-mini" }'
+    answer = await client.post(
+        "/v1/chat/completions",
+        data=raw,
+        headers={"Authorization": f"Bearer {USER_KEY}", "Content-Type": "application/json"},
+    )
+    assert answer.status == 200
+    assert fake.seen[-1].raw == raw  # not decoded and encoded again
+    renamed = await client.post(
+        "/v1/chat/completions",
+        json={"model": "solo", "messages": [{"role": "user", "content": "x"}]},
+        headers={"Authorization": f"Bearer {USER_KEY}"},
+    )
+    assert renamed.status == 200
+    assert fake.seen[-1].body["model"] == "solo-upstream"  # renamed: encoded anew

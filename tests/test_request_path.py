@@ -232,3 +232,27 @@ async def test_concurrent_requests_keep_their_own_request_ids(tclient: Any, auth
         *(tclient.get("/health/live", headers={"X-Request-ID": i}) for i in ids)
     )
     assert [r.headers["X-Request-ID"] for r in responses] == ids
+
+
+async def test_access_lines_to_a_file_go_out_in_batches_not_one_write_each(
+    tmp_path: Any,
+) -> None:
+    import logging
+
+    from gateway.ops.logs import AccessLines, configure_logging
+
+    path = tmp_path / "access.log"
+    with open(path, "w") as stream:  # noqa: ASYNC230 - a test file, once
+        handler = configure_logging("info", stream)
+        try:
+            lines = AccessLines(asyncio.get_running_loop(), flush_s=0.05)
+            for n in range(100):
+                lines.write({"request_id": f"r{n}"})
+            assert path.read_text() == ""  # nothing written yet: one write will carry them
+            await asyncio.sleep(0.1)
+            assert path.read_text().count('"message":"request"') == 100
+            lines.write({"request_id": "last"})
+            lines.flush()  # as at shutdown
+            assert '"request_id":"last"' in path.read_text()
+        finally:
+            logging.getLogger().removeHandler(handler)

@@ -130,7 +130,7 @@ class RedisStore:
 
     async def get(self, key: str) -> CacheEntry | None:
         try:
-            raw = await self._redis.run(lambda client: client.get(self._key(key)))
+            raw = await self._redis.command("GET", self._key(key))
         except RedisDown:
             return None
         if not raw:
@@ -139,8 +139,8 @@ class RedisStore:
 
     async def set(self, key: str, entry: CacheEntry, ttl_s: float) -> None:
         try:
-            await self._redis.run(
-                lambda client: client.set(self._key(key), entry.encode(), px=int(ttl_s * 1000))
+            await self._redis.command(
+                "SET", self._key(key), entry.encode(), "PX", int(ttl_s * 1000)
             )
         except RedisDown:
             pass
@@ -149,8 +149,8 @@ class RedisStore:
         """Claim the right to produce `key`'s answer across replicas (True also when Redis
         is down: then each replica produces its own)."""
         try:
-            claimed = await self._redis.run(
-                lambda client: client.set(f"{self._key(key)}:lock", b"1", nx=True, px=_LOCK_MS)
+            claimed = await self._redis.command(
+                "SET", f"{self._key(key)}:lock", b"1", "NX", "PX", _LOCK_MS
             )
         except RedisDown:
             return True
@@ -158,7 +158,7 @@ class RedisStore:
 
     async def unlock(self, key: str) -> None:
         try:
-            await self._redis.run(lambda client: client.delete(f"{self._key(key)}:lock"))
+            await self._redis.command("DEL", f"{self._key(key)}:lock")
         except RedisDown:
             pass
 

@@ -96,6 +96,9 @@ class LimitsConfig:
     per_ip: tuple[Rate, ...] = ()
     """Per client IP, before auth: unauthenticated and failed-auth requests."""
     per_ip_authenticated: tuple[Rate, ...] = ()
+    redis_lease_s: float = 1.0
+    """With Redis: how long a lease of a very high rate may be spent locally (0: never
+    leased, every request decided by Redis)."""
     """Per client IP for authenticated traffic: higher, so many users behind one NAT fit."""
     key_lookups_per_ip: tuple[Rate, ...] = ()
     """Per client IP: how often a key this replica does not know is looked up in the store."""

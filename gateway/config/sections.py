@@ -118,6 +118,7 @@ def limits_config(s: Section) -> LimitsConfig:
         routes=MappingProxyType(per_route),
         per_ip=s.rates("per_ip", DEFAULT_PER_IP),
         per_ip_authenticated=s.rates("per_ip_authenticated", DEFAULT_PER_IP_AUTHENTICATED),
+        redis_lease_s=s.number("redis_lease_s", 1.0),
         key_lookups_per_ip=s.rates("key_lookups_per_ip", DEFAULT_KEY_LOOKUPS_PER_IP),
     )
     s.reject_unknown()

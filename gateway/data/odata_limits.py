@@ -15,8 +15,8 @@ from aiohttp import web
 
 from gateway.config import config_key
 from gateway.edge.client_ip import request_ip
-from gateway.edge.headers import limit_decision_key
 from gateway.edge.principal import principal_key
+from gateway.edge.request_state import request_state_key
 from gateway.errors import RateLimited
 from gateway.ops.metrics import metrics_key
 from gateway.resilience.limiter import Decision, Window, limiter_key
@@ -45,7 +45,7 @@ async def admit(request: web.Request, *, continuation: bool) -> None:
     decision = await request.app[limiter_key].hit(windows)
     if decision.allowed and key_windows and len(windows) > len(key_windows):
         decision = Decision(True, decision.windows[: len(key_windows)])
-    request[limit_decision_key] = decision
+    request[request_state_key].limits = decision
     if not decision.allowed:
         refused_by_key = any(w.remaining == 0 for w in decision.windows[: len(key_windows)])
         kind = "key" if refused_by_key else "ip"

@@ -1,24 +1,26 @@
-"""One access log line and the request metrics per request, with the final status."""
+"""What is written down once per request, with its final status: the request metrics,
+the JSON access line, the usage record (for a caller with a key) and, when it was slow,
+a warning.
+
+Metric children are looked up once per (route, method, status) and kept: prometheus
+client's `labels()` takes a lock and builds its key on every call. The wall clock is
+read once per request, and the usage record's day is computed once per day.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
+from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
-from gateway.edge.client_ip import request_ip
-from gateway.edge.principal import principal_key
-from gateway.edge.request_id import request_id_key, started_key
-from gateway.ops.logs import log_context, write_access_line
-from gateway.ops.metrics import metrics_key
-from gateway.ops.request_usage import RequestUsage, current_usage, usage_key
-from gateway.routing import route_spec_key
-from gateway.state.service import state_service_key
+from gateway.ops.logs import AccessLines
+from gateway.ops.metrics import Metrics
+from gateway.ops.request_usage import RequestUsage
+from gateway.state.writer import BatchWriter
 
-__all__ = ["access_log_middleware", "route_label"]
+__all__ = ["AccessLog", "route_label"]
 
 _log = logging.getLogger("tollway.access")
 
@@ -29,123 +31,121 @@ def route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def access_log_middleware(slow_request_s: float) -> Middleware:
-    @web.middleware
-    async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
-        return await _served(request, handler, slow_request_s)
+class RouteMeter:
+    """One route's request counter and latency histogram children, by method and status."""
 
-    return access_log
+    __slots__ = ("_durations", "_metrics", "_requests", "route")
 
+    def __init__(self, metrics: Metrics, route: str) -> None:
+        self._metrics = metrics
+        self.route = route
+        self._requests: dict[tuple[str, int], Any] = {}
+        self._durations: dict[str, Any] = {}
 
-async def _served(
-    request: web.Request, handler: Handler, slow_request_s: float
-) -> web.StreamResponse:
-    metrics = request.app[metrics_key]
-    started = request[started_key] = time.perf_counter()
-    status = 500
-    response: web.StreamResponse | None = None
-    usage = request[usage_key] = RequestUsage()
-    current_usage.set(usage)
-    metrics.in_flight.inc()
-    try:
-        response = await handler(request)
-        status = usage.status or response.status
-        return response
-    except asyncio.CancelledError:
-        # The client went away (499, nginx's name for it), unless a stream had already
-        # ended for it and said how.
-        status = usage.status or 499
-        raise
-    finally:
-        metrics.in_flight.dec()
-        elapsed = time.perf_counter() - started
-        route = route_label(request)
-        metrics.requests.labels(route, request.method, str(status)).inc()
-        metrics.request_duration.labels(route, request.method).observe(elapsed)
-        context = log_context.get() or {}
-        principal = request.get(principal_key)
-        write_access_line(
-            {
-                "request_id": context.get("request_id"),
-                "key_id": principal.key_id if principal else None,
-                "tenant": principal.tenant if principal else None,
-                "method": request.method,
-                "route": route,
-                "status": status,
-                "backend": usage.backend,
-                "model": usage.model,
-                "tokens_in": usage.tokens_in,
-                "tokens_out": usage.tokens_out,
-                "latency_ms": round(elapsed * 1000, 3),
-                "bytes_out": _bytes_out(response),
-                "client_ip": request_ip(request),
-            }
-        )
-        if principal is not None:
-            _record_usage(
-                request, principal.key_id, principal.tenant, route, status, elapsed, response
+    def observe(self, method: str, status: int, elapsed: float) -> None:
+        counter = self._requests.get((method, status))
+        if counter is None:
+            counter = self._requests[(method, status)] = self._metrics.requests.labels(
+                self.route, method, str(status)
             )
-        if elapsed >= slow_request_s:
+        counter.inc()
+        duration = self._durations.get(method)
+        if duration is None:
+            duration = self._durations[method] = self._metrics.request_duration.labels(
+                self.route, method
+            )
+        duration.observe(elapsed)
+
+
+class AccessLog:
+    """Writes a request down; its line writer and usage store are bound at start."""
+
+    def __init__(self, metrics: Metrics, *, slow_request_s: float) -> None:
+        self._lines: AccessLines | None = None
+        self._usage: BatchWriter | None = None
+        self._slow_request_s = slow_request_s
+        self.in_flight = metrics.in_flight
+        self._day_ends = 0.0
+        self._day = ""
+
+    def start(self, lines: AccessLines, usage: BatchWriter | None) -> None:
+        self._lines = lines
+        self._usage = usage
+
+    def flush(self) -> None:
+        if self._lines is not None:
+            self._lines.flush()
+
+    def record(
+        self,
+        method: str,
+        client_ip: str,
+        meter: RouteMeter,
+        route_class: str | None,
+        usage: RequestUsage,
+        status: int,
+        elapsed: float,
+        response: web.StreamResponse | None,
+    ) -> None:
+        meter.observe(method, status, elapsed)
+        bytes_out = _bytes_out(response)
+        latency_ms = round(elapsed * 1000, 3)
+        if self._lines is not None:
+            self._lines.write(
+                {
+                    "request_id": usage.request_id, "key_id": usage.key_id,
+                    "tenant": usage.tenant, "method": method, "route": meter.route,
+                    "status": status, "backend": usage.backend, "model": usage.model,
+                    "tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out,
+                    "latency_ms": latency_ms, "bytes_out": bytes_out,
+                    "client_ip": client_ip,
+                }
+            )  # fmt: skip
+        if usage.key_id is not None and self._usage is not None:
+            self._usage.add(
+                self._row(meter.route, route_class, usage, status, latency_ms, response)
+            )
+        if elapsed >= self._slow_request_s:
             _log.warning(
                 "slow request",
                 extra={
-                    "request_id": context.get("request_id"),
-                    "route": route,
+                    "request_id": usage.request_id,
+                    "route": meter.route,
                     "status": status,
                     "backend": usage.backend,
-                    "latency_ms": round(elapsed * 1000, 3),
+                    "latency_ms": latency_ms,
                     "upstream_ms": round(usage.upstream_s * 1000, 3),
                 },
             )
+
+    def _row(
+        self,
+        route: str,
+        route_class: str | None,
+        usage: RequestUsage,
+        status: int,
+        latency_ms: float,
+        response: web.StreamResponse | None,
+    ) -> tuple[Any, ...]:
+        now = time.time()
+        if now >= self._day_ends:
+            day_start = now - now % 86400
+            self._day, self._day_ends = (
+                time.strftime("%Y-%m-%d", time.gmtime(now)),
+                day_start + 86400,
+            )
+        cache_hit = response is not None and response.headers.get("X-Cache") == "HIT"
+        return (
+            now, self._day, usage.request_id, usage.key_id, usage.tenant, route_class, route,
+            usage.backend, usage.model, status, latency_ms, usage.tokens_in, usage.tokens_out,
+            usage.rows, _bytes_out(response), 1 if cache_hit else 0, usage.tokens_cached,
+            usage.tokens_reasoning, usage.audio_seconds, usage.audio_bytes, usage.images,
+            usage.image_size, usage.outcome,
+        )  # fmt: skip
 
 
 def _bytes_out(response: web.StreamResponse | None) -> int:
     if response is None:
         return 0
-    # A plain Response is written after the middlewares return: its length is declared.
+    # A plain Response is written after the front door returns: its length is declared.
     return response.body_length or response.content_length or 0
-
-
-def _record_usage(
-    request: web.Request,
-    key_id: str,
-    tenant: str,
-    route: str,
-    status: int,
-    elapsed: float,
-    response: web.StreamResponse | None,
-) -> None:
-    service = request.app.get(state_service_key)
-    if service is None:
-        return
-    usage = request[usage_key]
-    spec = request.get(route_spec_key)
-    now = time.time()
-    cache_hit = response is not None and response.headers.get("X-Cache") == "HIT"
-    service.usage.add(
-        (
-            now,
-            time.strftime("%Y-%m-%d", time.gmtime(now)),
-            request.get(request_id_key),
-            key_id,
-            tenant,
-            spec.route_class if spec is not None else None,
-            route,
-            usage.backend,
-            usage.model,
-            status,
-            round(elapsed * 1000, 3),
-            usage.tokens_in,
-            usage.tokens_out,
-            usage.rows,
-            _bytes_out(response),
-            1 if cache_hit else 0,
-            usage.tokens_cached,
-            usage.tokens_reasoning,
-            usage.audio_seconds,
-            usage.audio_bytes,
-            usage.images,
-            usage.image_size,
-            usage.outcome,
-        )
-    )

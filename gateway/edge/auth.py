@@ -12,23 +12,20 @@ from __future__ import annotations
 import binascii
 import logging
 from base64 import b64decode
+from typing import Final
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
-from gateway.config import config_key
 from gateway.edge.client_ip import request_ip
-from gateway.edge.error_answers import route_spec
-from gateway.edge.key_sync import unknown_keys_key
-from gateway.edge.keytable import key_table_key
-from gateway.edge.principal import Principal, principal_key
+from gateway.edge.key_lookup import UnknownKeys
+from gateway.edge.keytable import KeyTable
+from gateway.edge.principal import Principal
 from gateway.edge.request_id import request_id_key
 from gateway.errors import Forbidden, Unauthorized
-from gateway.ops.logs import log_context
-from gateway.routing import route_spec_key
-from gateway.state.service import state_service_key
+from gateway.routing import RouteSpec
+from gateway.state.service import StateService
 
-__all__ = ["auth_middleware", "presented_key"]
+__all__ = ["Authenticator", "presented_key"]
 
 _log = logging.getLogger("tollway.auth")
 
@@ -52,62 +49,73 @@ def presented_key(request: web.Request, *, basic: bool) -> str | None:
     return api_key.strip() if api_key and api_key.strip() else None
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    spec = route_spec(request)
-    if spec is None:
-        return await handler(request)
-    request[route_spec_key] = spec
-    if spec.scope is None:
-        return await handler(request)
-    odata = spec.route_class == "odata"
-    challenge = {"WWW-Authenticate": 'Basic realm="tollway"'} if odata else {}
-    key = presented_key(request, basic=odata)
-    if key is None and odata:
-        # Power Query's ApiKeyName: the key as a named query parameter, when configured.
-        param = request.app[config_key].odata.key_param
-        key = request.query.get(param) if param else None
-    if key is None:
-        raise Unauthorized("no API key: send Authorization: Bearer <key>", headers=challenge)
-    table = request.app[key_table_key]
-    principal = table.lookup(key)
-    if principal is None:
-        principal = await _looked_up(request, key)
-    if principal is None:
-        key_id, reason = table.why_refused(key)
-        _audit_refusal(request, reason, key_id)
-        message = "this API key has been revoked" if reason == "revoked" else "invalid API key"
-        if reason == "expired":
-            message = "this API key has expired"
-        raise Unauthorized(message, headers=challenge, should_retry=False)
-    request[principal_key] = principal
-    context = log_context.get()
-    if context is not None:
-        context["key_id"] = principal.key_id
-        context["tenant"] = principal.tenant
-    if spec.scope not in principal.scopes:
-        _log.info("scope refused", extra={"scope": spec.scope})
-        _audit_refusal(request, "scope_refused", principal.key_id)
-        raise Forbidden(
-            f"this key lacks the {spec.scope!r} scope", code="scope_missing", should_retry=False
-        )
-    return await handler(request)
+class Authenticator:
+    """Who is calling, for routes that need a key: the principal, or 401/403."""
+
+    __slots__ = ("_key_param", "_service", "_table", "_unknown")
+
+    def __init__(self, table: KeyTable, key_param: str | None) -> None:
+        self._table = table
+        self._key_param = key_param
+        self._service: StateService | None = None
+        self._unknown: UnknownKeys | None = None
+
+    def start(self, service: StateService | None, unknown: UnknownKeys | None) -> None:
+        """Once the app has started: refused credentials are recorded in the audit log of
+        `service`, and keys this replica does not know are asked of `unknown`."""
+        self._service = service
+        self._unknown = unknown
+
+    async def authenticate(
+        self, request: web.Request, spec: RouteSpec, key: str | None
+    ) -> Principal:
+        """The key's principal, or 401. `key` is what the caller presented
+        (`presented_key`); OData routes also take HTTP Basic and, when configured, the
+        key as a query parameter."""
+        odata = spec.route_class == "odata"
+        challenge = _CHALLENGE if odata else {}
+        if odata:
+            key = presented_key(request, basic=True)
+            if key is None and self._key_param:
+                # Power Query's ApiKeyName: the key as a named query parameter.
+                key = request.query.get(self._key_param)
+        if key is None:
+            raise Unauthorized("no API key: send Authorization: Bearer <key>", headers=challenge)
+        principal = self._table.lookup(key)
+        if principal is None:
+            principal = await self._looked_up(request, key)
+        if principal is None:
+            key_id, reason = self._table.why_refused(key)
+            self._audit_refusal(request, reason, key_id)
+            message = "this API key has been revoked" if reason == "revoked" else "invalid API key"
+            if reason == "expired":
+                message = "this API key has expired"
+            raise Unauthorized(message, headers=challenge, should_retry=False)
+        return principal
+
+    async def _looked_up(self, request: web.Request, key: str) -> Principal | None:
+        """A key this replica has not seen may have been made on another a moment ago."""
+        if self._unknown is None or self._table.why_refused(key)[1] != "unknown":
+            return None
+        return await self._unknown.look_up(key, request_ip(request))
+
+    def check_scope(self, request: web.Request, spec: RouteSpec, principal: Principal) -> None:
+        """403 for a key without the route's scope."""
+        if spec.scope not in principal.scopes:
+            _log.info("scope refused", extra={"scope": spec.scope})
+            self._audit_refusal(request, "scope_refused", principal.key_id)
+            raise Forbidden(
+                f"this key lacks the {spec.scope!r} scope", code="scope_missing", should_retry=False
+            )
+
+    def _audit_refusal(self, request: web.Request, reason: str, key_id: str | None) -> None:
+        if self._service is not None:
+            self._service.record_refusal(
+                reason,
+                key_id=key_id,
+                request_id=request.get(request_id_key),
+                client_ip=request_ip(request),
+            )
 
 
-async def _looked_up(request: web.Request, key: str) -> Principal | None:
-    """A key this replica has not seen may have been made on another a moment ago."""
-    unknown = request.app.get(unknown_keys_key)
-    if unknown is None or request.app[key_table_key].why_refused(key)[1] != "unknown":
-        return None
-    return await unknown.look_up(key, request_ip(request))
-
-
-def _audit_refusal(request: web.Request, reason: str, key_id: str | None) -> None:
-    service = request.app.get(state_service_key)
-    if service is not None:
-        service.record_refusal(
-            reason,
-            key_id=key_id,
-            request_id=request.get(request_id_key),
-            client_ip=request_ip(request),
-        )
+_CHALLENGE: Final = {"WWW-Authenticate": 'Basic realm="tollway"'}

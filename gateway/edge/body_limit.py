@@ -12,30 +12,30 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
 from gateway.errors import PayloadTooLarge
-from gateway.routing import route_specs_key
+from gateway.routing import RouteSpec
 
-__all__ = ["body_limit_middleware"]
+__all__ = ["BodyLimits"]
 
 
-def body_limit_middleware(max_bytes: int, named: Mapping[str, tuple[int, str]]) -> Middleware:
-    """`named` maps a limit's name to its bytes and its config key."""
-    message = f"request body is larger than {max_bytes} bytes"
+class BodyLimits:
+    """`named` maps a limit's name (`RouteSpec.body_limit`) to its bytes and config key."""
 
-    @web.middleware
-    async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    __slots__ = ("_default", "_message", "_named")
+
+    def __init__(self, max_bytes: int, named: Mapping[str, tuple[int, str]]) -> None:
+        self._default = max_bytes
+        self._named = named
+        self._message = f"request body is larger than {max_bytes} bytes"
+
+    def check(self, request: web.Request, spec: RouteSpec | None) -> None:
         length = request.content_length
-        limit = max_bytes
-        spec = request.app[route_specs_key].get(request.match_info.route) if named else None
+        if length is None:
+            return
         if spec is not None and spec.body_limit is not None:
-            limit, key = named[spec.body_limit]
-            if length is not None and length > limit:
+            limit, key = self._named[spec.body_limit]
+            if length > limit:
                 raise PayloadTooLarge(f"request body is larger than {limit} bytes ({key})")
-            return await handler(request)
-        if length is not None and length > limit:
-            raise PayloadTooLarge(message)
-        return await handler(request)
-
-    return body_limit
+        elif length > self._default:
+            raise PayloadTooLarge(self._message)

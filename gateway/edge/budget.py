@@ -10,46 +10,49 @@ from __future__ import annotations
 
 from typing import Final
 
-from aiohttp import web
-from aiohttp.typedefs import Handler
-
-from gateway.edge.principal import principal_key
+from gateway.edge.principal import Principal
 from gateway.errors import RateLimited
-from gateway.ops.metrics import metrics_key
-from gateway.ops.request_usage import usage_key
-from gateway.resilience.limiter import Window, limiter_key
-from gateway.routing import route_spec_key
+from gateway.ops.metrics import Metrics
+from gateway.ops.request_usage import RequestUsage
+from gateway.resilience.limiter import Limiter, Window
 
-__all__ = ["budget_middleware"]
+__all__ = ["BUDGETED", "Budgets"]
 
 BUDGETED: Final = frozenset(
     {"chat", "embeddings", "responses", "completions", "moderations", "images", "audio"}
 )
 
 
-@web.middleware
-async def budget_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    principal = request.get(principal_key)
-    spec = request.get(route_spec_key)
-    if principal is None or not principal.budget_tokens or spec is None:
-        return await handler(request)
-    if spec.route_class not in BUDGETED:
-        return await handler(request)
-    windows = tuple(Window(f"budget:{principal.key_id}", rate) for rate in principal.budget_tokens)
-    limiter = request.app[limiter_key]
-    decision = await limiter.hit(windows, cost=0)
-    if not decision.allowed:
-        request.app[metrics_key].budget_rejections.inc()
-        raise RateLimited(
-            f"this key's token budget ({decision.tightest.rate.text}) is spent; "
-            "it refills as the window passes",
-            code="budget_exceeded",
-            retry_after=decision.retry_after_s,
-        )
-    try:
-        return await handler(request)
-    finally:
-        usage = request[usage_key]
+class Budgets:
+    __slots__ = ("_limiter", "_metrics", "_windows")
+
+    def __init__(self, limiter: Limiter, metrics: Metrics) -> None:
+        self._limiter = limiter
+        self._metrics = metrics
+        self._windows: dict[Principal, tuple[Window, ...]] = {}
+
+    def windows(self, principal: Principal) -> tuple[Window, ...]:
+        found = self._windows.get(principal)
+        if found is None:
+            if len(self._windows) > 100_000:
+                self._windows.clear()
+            found = self._windows[principal] = tuple(
+                Window(f"budget:{principal.key_id}", rate) for rate in principal.budget_tokens
+            )
+        return found
+
+    async def check(self, windows: tuple[Window, ...]) -> None:
+        decision = await self._limiter.hit(windows, cost=0)
+        if not decision.allowed:
+            self._metrics.budget_rejections.inc()
+            raise RateLimited(
+                f"this key's token budget ({decision.tightest.rate.text}) is spent; "
+                "it refills as the window passes",
+                code="budget_exceeded",
+                retry_after=decision.retry_after_s,
+            )
+
+    async def charge(self, windows: tuple[Window, ...], usage: RequestUsage) -> None:
         spent = usage.tokens_in + usage.tokens_out
         if spent:
-            await limiter.charge(windows, spent)
+            await self._limiter.charge(windows, spent)

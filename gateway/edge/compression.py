@@ -15,9 +15,8 @@ from collections.abc import Callable
 from typing import Final
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
-__all__ = ["compression_middleware", "pick_encoding"]
+__all__ = ["Compressor", "pick_encoding"]
 
 try:  # optional: `pip install tollway[brotli]`
     import brotli
@@ -68,30 +67,34 @@ def pick_encoding(accept_encoding: str) -> str | None:
     return best[2] if best else None
 
 
-def compression_middleware(min_bytes: int, *, offload_bytes: int = OFFLOAD_BYTES) -> Middleware:
-    @web.middleware
-    async def compress(request: web.Request, handler: Handler) -> web.StreamResponse:
-        response = await handler(request)
+class Compressor:
+    """Compresses a whole answer for a client that accepts it."""
+
+    __slots__ = ("_loop", "_min_bytes", "_offload_bytes")
+
+    def __init__(self, min_bytes: int, *, offload_bytes: int = OFFLOAD_BYTES) -> None:
+        self._min_bytes = min_bytes
+        self._offload_bytes = offload_bytes
+
+    async def compress(self, request: web.Request, response: web.StreamResponse) -> None:
         if type(response) is not web.Response:
-            return response  # streams (SSE) go out as they are
+            return  # streams (SSE) go out as they are
         body = response.body
-        if not isinstance(body, bytes) or len(body) < min_bytes:
-            return response
-        if "Content-Encoding" in response.headers:
-            return response
+        if not isinstance(body, bytes) or len(body) < self._min_bytes:
+            return
+        headers = response.headers
+        if "Content-Encoding" in headers:
+            return
         if not response.content_type.startswith(_COMPRESSIBLE):
-            return response
-        response.headers.add("Vary", "Accept-Encoding")
+            return
+        headers.add("Vary", "Accept-Encoding")
         coding = pick_encoding(request.headers.get("Accept-Encoding", ""))
         if coding is None:
-            return response
+            return
         coder = _CODERS[coding]
-        if len(body) >= offload_bytes:
+        if len(body) >= self._offload_bytes:
             compressed = await asyncio.get_running_loop().run_in_executor(None, coder, body)
         else:
             compressed = coder(body)
         response.body = compressed
-        response.headers["Content-Encoding"] = coding
-        return response
-
-    return compress
+        headers["Content-Encoding"] = coding

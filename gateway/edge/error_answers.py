@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Final
 
 import orjson
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
-from gateway.edge.access_log import route_label
-from gateway.edge.principal import principal_key
-from gateway.edge.request_id import request_id_key
 from gateway.errors import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, TollwayError
-from gateway.ops.error_tracking import error_tracker_key
-from gateway.ops.metrics import metrics_key
+from gateway.ops.error_tracking import ErrorTracker
+from gateway.ops.metrics import Metrics
 from gateway.routing import RouteSpec, route_specs_key
 
-__all__ = ["error_response", "errors_middleware", "route_spec"]
+__all__ = ["broken_body", "error_response", "from_http_exception", "route_spec", "unexpected"]
 
 _log = logging.getLogger("tollway.errors")
 
@@ -76,48 +71,20 @@ def from_http_exception(exc: web.HTTPException) -> TollwayError:
     return kind(exc.reason or "bad request")
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except TollwayError as error:
-        return _answer(request, error)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _answer(request, from_http_exception(exc))
-    except web.RequestPayloadError:
-        return _broken_body(request)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        _log.exception("unhandled error")
-        principal = request.get(principal_key)
-        request.app[error_tracker_key].capture(
-            exc,
-            tags={
-                "request_id": request.get(request_id_key),
-                "route": route_label(request),
-                "key_id": principal.key_id if principal is not None else None,
-            },
-        )
-        return _answer(request, TollwayError("internal error; the request id identifies it"))
+def unexpected(
+    exc: Exception, tracker: ErrorTracker, *, request_id: str | None, route: str, key_id: str | None
+) -> TollwayError:
+    """A bug: logged with its traceback, sent to error tracking, answered as a plain 500
+    that names no detail but the request id."""
+    _log.exception("unhandled error")
+    tracker.capture(exc, tags={"request_id": request_id, "route": route, "key_id": key_id})
+    return TollwayError("internal error; the request id identifies it")
 
 
-def _broken_body(request: web.Request) -> web.Response:
+def broken_body(request: web.Request, metrics: Metrics, route: str) -> TollwayError:
     """A body the parser refused while the handler read it (a bad chunk): a 400, counted
-    with the parser's refusals, and the connection closed: the rest of it is unreadable."""
-    _log.warning("request body refused by the HTTP parser", extra={"route": route_label(request)})
-    request.app[metrics_key].http_refusals.labels("invalid_body_framing").inc()
+    with the parser's refusals; the caller closes the connection (the rest is unreadable)."""
+    _log.warning("request body refused by the HTTP parser", extra={"route": route})
+    metrics.http_refusals.labels("invalid_body_framing").inc()
     request.content.feed_eof()  # nothing left to read: aiohttp's lingering read is skipped
-    response = _answer(
-        request, BadRequest("the request body's framing is invalid", code="invalid_body_framing")
-    )
-    response.force_close()
-    return response
-
-
-def _answer(request: web.Request, error: TollwayError) -> web.Response:
-    spec = route_spec(request)
-    tavily = spec is not None and spec.route_class == "search"
-    return error_response(error, request.get(request_id_key), tavily_shape=tavily)
+    return BadRequest("the request body's framing is invalid", code="invalid_body_framing")

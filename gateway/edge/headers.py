@@ -6,15 +6,16 @@ the request id, security headers, and the rate limit state of the request's key.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Final
 
 from aiohttp import web
 
-from gateway.edge.request_id import request_id_key, started_key
+from gateway.config.rates import Rate
+from gateway.edge.request_state import request_state_key
 from gateway.ops.lifecycle import state_key
-from gateway.ops.request_usage import usage_key
 from gateway.resilience.limiter import Decision
 
 __all__ = ["add_common_headers", "rate_limit_headers"]
@@ -25,14 +26,21 @@ _SECURITY: Final = {
     "Referrer-Policy": "no-referrer",
 }
 _JSON_CSP: Final = "default-src 'none'; frame-ancestors 'none'"
+_STRICT_CSP_TYPES: Final = frozenset(
+    {"application/json", "text/event-stream", "text/plain", "application/xml"}
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _policies(rates: tuple[Rate, ...]) -> str:
+    return ", ".join(
+        f'"{rate.policy_name}";q={rate.count};w={math.ceil(rate.period_s)}' for rate in rates
+    )
 
 
 def rate_limit_headers(decision: Decision) -> dict[str, str]:
     """The IETF pair (draft-10: ``RateLimit-Policy`` and ``RateLimit``) and the legacy trio."""
-    policies = ", ".join(
-        f'"{w.rate.policy_name}";q={w.rate.count};w={math.ceil(w.rate.period_s)}'
-        for w in decision.windows
-    )
+    policies = _policies(tuple(w.rate for w in decision.windows))
     tight = decision.tightest
     reset = max(0, math.ceil(tight.reset_s))
     return {
@@ -51,30 +59,20 @@ async def add_common_headers(request: web.Request, response: web.StreamResponse)
         # client is told and the connection really closes after this answer.
         response.force_close()
         headers["Connection"] = "close"
-    request_id = request.get(request_id_key)
-    if request_id is not None:
-        headers["X-Request-ID"] = request_id
+    state = request.get(request_state_key)
+    if state is not None:
+        headers["X-Request-ID"] = state.usage.request_id or ""
     for name, value in _SECURITY.items():
         headers.setdefault(name, value)
-    if "Content-Security-Policy" not in headers and response.content_type in (
-        "application/json",
-        "text/event-stream",
-        "text/plain",
-        "application/xml",
-    ):
+    if "Content-Security-Policy" not in headers and response.content_type in _STRICT_CSP_TYPES:
         headers["Content-Security-Policy"] = _JSON_CSP
     headers.setdefault("Cache-Control", "no-store")
-    started = request.get(started_key)
-    if started is not None:
-        total_ms = (time.perf_counter() - started) * 1000
-        usage = request.get(usage_key)
-        upstream_ms = usage.upstream_s * 1000 if usage is not None else 0.0
-        headers["Server-Timing"] = f"total;dur={total_ms:.1f}, upstream;dur={upstream_ms:.1f}"
-        headers["X-Process-Time"] = f"{total_ms / 1000:.4f}"
-    decision = request.get(limit_decision_key)
-    if decision is not None:
-        headers.update(rate_limit_headers(decision))
-
-
-limit_decision_key = web.RequestKey("limit_decision", Decision)
-"""The limiter's decision for this request, written out as the RateLimit headers."""
+    if state is None:
+        return
+    total_ms = (time.perf_counter() - state.started) * 1000
+    headers["Server-Timing"] = (
+        f"total;dur={total_ms:.1f}, upstream;dur={state.usage.upstream_s * 1000:.1f}"
+    )
+    headers["X-Process-Time"] = f"{total_ms / 1000:.4f}"
+    if state.limits is not None:
+        headers.update(rate_limit_headers(state.limits))

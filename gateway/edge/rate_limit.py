@@ -1,82 +1,81 @@
 """Per-key limits, per key and per route class, several windows at once.
 
 A key's own limits (or the configured default) apply across all its routes; the limits of
-`limits.routes` apply to the key's use of that route class. Both are checked and counted
-in one call to the limiter, so the answer is exact under concurrency. The decision is
-kept on the request; `gateway.edge.headers` writes the ``RateLimit`` headers from it.
+`limits.routes` apply to the key's use of that route class. Both, and the address's
+``limits.per_ip_authenticated`` ceiling, are checked and counted in one call to the
+limiter, so the answer is exact under concurrency. The decision is kept on the request;
+`gateway.edge.headers` writes the ``RateLimit`` headers from it.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
 from gateway.config import LimitsConfig
-from gateway.edge.client_ip import request_ip
-from gateway.edge.headers import limit_decision_key
-from gateway.edge.principal import Principal, principal_key
+from gateway.edge.principal import Principal
+from gateway.edge.request_state import request_state_key
 from gateway.errors import RateLimited
-from gateway.ops.metrics import metrics_key
-from gateway.resilience.limiter import Decision, Window, limiter_key
-from gateway.routing import route_spec_key
+from gateway.ops.metrics import Metrics
+from gateway.resilience.limiter import Decision, Limiter, Window
 
-__all__ = ["rate_limit_middleware"]
+__all__ = ["RateLimits"]
+
+_MAX_CACHED = 100_000
 
 
-def rate_limit_middleware(config: LimitsConfig) -> Middleware:
-    # Windows depend only on (principal, route class): built once, reused by every request.
-    cache: dict[tuple[Principal, str], tuple[Window, ...]] = {}
+class RateLimits:
+    __slots__ = ("_config", "_ip_rates", "_ip_windows", "_key_windows", "_limiter", "_metrics")
 
-    def windows_for(principal: Principal, route_class: str) -> tuple[Window, ...]:
-        found = cache.get((principal, route_class))
+    def __init__(self, config: LimitsConfig, limiter: Limiter, metrics: Metrics) -> None:
+        self._config = config
+        self._limiter = limiter
+        self._metrics = metrics
+        self._ip_rates = config.per_ip_authenticated
+        # Windows depend only on (principal, route class) and on the address: built once.
+        self._key_windows: dict[tuple[Principal, str], tuple[Window, ...]] = {}
+        self._ip_windows: dict[str, tuple[Window, ...]] = {}
+
+    def _windows_for(self, principal: Principal, route_class: str) -> tuple[Window, ...]:
+        found = self._key_windows.get((principal, route_class))
         if found is None:
             bucket = f"key:{principal.key_id}"
-            rates = principal.limits if principal.limits is not None else config.default
+            rates = principal.limits if principal.limits is not None else self._config.default
             found = tuple(Window(bucket, rate) for rate in rates)
             found += tuple(
                 Window(f"{bucket}:{route_class}", rate)
-                for rate in config.routes.get(route_class, ())
+                for rate in self._config.routes.get(route_class, ())
             )
-            if len(cache) > 100_000:
-                cache.clear()
-            cache[(principal, route_class)] = found
+            if len(self._key_windows) > _MAX_CACHED:
+                self._key_windows.clear()
+            self._key_windows[(principal, route_class)] = found
         return found
 
-    ip_rates = config.per_ip_authenticated
-    ip_cache: dict[str, tuple[Window, ...]] = {}
-
-    def ip_windows(ip: str) -> tuple[Window, ...]:
-        found = ip_cache.get(ip)
+    def _address_windows(self, ip: str) -> tuple[Window, ...]:
+        found = self._ip_windows.get(ip)
         if found is None:
-            if len(ip_cache) > 100_000:
-                ip_cache.clear()
-            found = ip_cache[ip] = tuple(Window(f"ip-auth:{ip}", r) for r in ip_rates)
+            if len(self._ip_windows) > _MAX_CACHED:
+                self._ip_windows.clear()
+            found = self._ip_windows[ip] = tuple(Window(f"ip-auth:{ip}", r) for r in self._ip_rates)
         return found
 
-    @web.middleware
-    async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-        principal = request.get(principal_key)
-        spec = request.get(route_spec_key)
-        if principal is None or spec is None or not spec.limited:
-            return await handler(request)
-        key_windows = windows_for(principal, spec.route_class)
-        windows = key_windows + ip_windows(request_ip(request)) if ip_rates else key_windows
+    async def check(
+        self, request: web.Request, principal: Principal, route_class: str, ip: str
+    ) -> None:
+        key_windows = self._windows_for(principal, route_class)
+        windows = key_windows + self._address_windows(ip) if self._ip_rates else key_windows
         if not windows:
-            return await handler(request)
-        decision = await request.app[limiter_key].hit(windows)
+            return
+        decision = await self._limiter.hit(windows)
         if decision.allowed and key_windows and len(windows) > len(key_windows):
             # The headers describe the key's own limits; the address's ceiling shows
             # only when it is what refuses.
             decision = Decision(True, decision.windows[: len(key_windows)])
-        request[limit_decision_key] = decision
+        request[request_state_key].limits = decision
         if not decision.allowed:
             refused_by_key = any(w.remaining == 0 for w in decision.windows[: len(key_windows)])
             limit = "key" if refused_by_key else "ip"
-            request.app[metrics_key].limit_rejections.labels(limit, spec.route_class).inc()
+            self._metrics.limit_rejections.labels(limit, route_class).inc()
             raise RateLimited(
                 f"rate limit exceeded ({decision.tightest.rate.text}); retry later",
                 retry_after=decision.retry_after_s,
             )
-        return await handler(request)
-
-    return rate_limit

@@ -97,12 +97,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def _json_answer(
     request: web.Request, body: dict[str, Any], targets: list[Target], operation: str
 ) -> web.Response:
-    """A non-streaming call (``chat`` or ``embeddings``) to the first target that answers."""
+    """A non-streaming call (``chat`` or ``embeddings``) to the first target that answers.
+    When the upstream knows the model by the name the client gave, the client's own bytes
+    go upstream as they came: no second encoding of the body."""
     ctx = call_context(request)
+    raw = await request.read()  # read already: aiohttp keeps the bytes
 
     async def call(target: Target) -> JSONResponse:
         method = getattr(target.guard.backend, operation)
-        answer: JSONResponse = await method({**body, "model": target.upstream_model}, ctx)
+        same = body.get("model") == target.upstream_model
+        upstream = raw if same else {**body, "model": target.upstream_model}
+        answer: JSONResponse = await method(upstream, ctx)
         return answer
 
     started = time.perf_counter()

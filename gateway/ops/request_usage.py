@@ -1,8 +1,10 @@
-"""What one request used, filled in by whoever knows it (route, backend, cache).
+"""Who one request is and what it used, filled in by whoever knows it (front door, route,
+backend, cache).
 
-Created by the access-log middleware for every request, so a handler can set the
-backend, model or dataset, tokens and rows without knowing who reads them: the access
-log, metrics and (later) the usage store.
+Created by the front door for every request and set as the request's one context
+variable, so a handler can set the backend, model or dataset, tokens and rows without
+knowing who reads them (the access log, metrics, the usage store), and a log line deep in
+a backend carries the request id, key id and tenant without being handed them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ __all__ = ["RequestUsage", "current_usage"]
 
 @dataclass(slots=True)
 class RequestUsage:
+    request_id: str | None = None
+    key_id: str | None = None
+    """The caller's key id and tenant, once auth knows them."""
+    tenant: str | None = None
     backend: str | None = None
     model: str | None = None
     """The model that served the request, or the dataset read."""
@@ -47,7 +53,7 @@ class RequestUsage:
 current_usage: contextvars.ContextVar[RequestUsage | None] = contextvars.ContextVar(
     "tollway_usage", default=None
 )
-"""The usage record of the request being served, for code that is not handed it (the
-guard adds the time spent waiting on backends)."""
+"""The record of the request being served, for code that is not handed it: log lines
+read its ids, the guard adds the time spent waiting on backends."""
 
 usage_key = web.RequestKey("usage", RequestUsage)

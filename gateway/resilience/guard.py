@@ -103,6 +103,8 @@ class Guard(Generic[B]):
         self._clock = clock
         self._rand = rand
         self._in_flight = 0
+        self._timings: dict[str, Any] = {}
+        """`upstream_duration` children by status, looked up once each."""
         limit = config.outbound_limit
         self.outbound = outbound or (
             LocalOutboundLimiter(config.name, limit.count, limit.period_s) if limit else None
@@ -191,7 +193,12 @@ class Guard(Generic[B]):
         finally:
             self._in_flight -= 1
             elapsed = time.perf_counter() - started
-            self._metrics.upstream_duration.labels(self.name, status).observe(elapsed)
+            timing = self._timings.get(status)
+            if timing is None:
+                timing = self._timings[status] = self._metrics.upstream_duration.labels(
+                    self.name, status
+                )
+            timing.observe(elapsed)
             usage = current_usage.get()
             if usage is not None:
                 usage.upstream_s += elapsed

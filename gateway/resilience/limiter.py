@@ -16,8 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from aiohttp import web
 
@@ -26,24 +25,38 @@ from gateway.config.rates import Rate
 __all__ = ["Decision", "Limiter", "LocalLimiter", "Window", "WindowState"]
 
 
-@dataclass(frozen=True, slots=True)
 class Window:
-    """One rate applied to one bucket (``key:app-1``, ``key:app-1:query``, ``ip:…``)."""
+    """One rate applied to one bucket (``key:app-1``, ``key:app-1:query``, ``ip:…``).
 
-    bucket: str
-    rate: Rate
+    Made once per bucket and kept (the front door caches them), so what every hit needs
+    is worked out here: the state's key and the emission interval."""
+
+    __slots__ = ("bucket", "interval", "key", "rate")
+
+    def __init__(self, bucket: str, rate: Rate) -> None:
+        self.bucket = bucket
+        self.rate = rate
+        self.interval = rate.period_s / rate.count
+        self.key = f"{bucket}|{rate.count}/{rate.period_s:g}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Window) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return f"Window({self.bucket!r}, {self.rate.text!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class WindowState:
+class WindowState(NamedTuple):
     rate: Rate
     remaining: int
     reset_s: float
     """Seconds until the window is full again."""
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     allowed: bool
     windows: tuple[WindowState, ...]
     retry_after_s: float = 0.0
@@ -52,7 +65,10 @@ class Decision:
     @property
     def tightest(self) -> WindowState:
         """The window closest to refusing: the one the headers report."""
-        return min(self.windows, key=lambda w: (w.remaining, -w.reset_s))
+        windows = self.windows
+        if len(windows) == 1:
+            return windows[0]
+        return min(windows, key=lambda w: (w.remaining, -w.reset_s))
 
 
 class Limiter(Protocol):
@@ -75,7 +91,7 @@ class LocalLimiter:
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._tat: dict[Window, float] = {}
+        self._tat: dict[str, float] = {}
         self._sweeps_at = 0.0
 
     def __len__(self) -> int:
@@ -92,26 +108,30 @@ class LocalLimiter:
         new_tats: list[float] = []
         states: list[WindowState] = []
         retry_after = 0.0
+        step = cost or 1
         for window in windows:
             rate = window.rate
-            interval = rate.period_s / rate.count
-            current = max(tat.get(window, now), now)
-            new_tat = current + interval * (cost or 1)
-            allow_at = new_tat - rate.period_s
+            period = rate.period_s
+            interval = window.interval
+            current = tat.get(window.key, now)
+            if current < now:
+                current = now
+            new_tat = current + interval * step
+            allow_at = new_tat - period
             if allow_at > now:
-                retry_after = max(retry_after, allow_at - now)
-                remaining = max(0, int((rate.period_s - (current - now)) / interval + 1e-9))
+                if allow_at - now > retry_after:
+                    retry_after = allow_at - now
+                remaining = max(0, int((period - (current - now)) / interval + 1e-9))
                 states.append(WindowState(rate, remaining, current - now))
             else:
-                remaining = int((rate.period_s - (new_tat - now)) / interval + 1e-9)
+                remaining = int((period - (new_tat - now)) / interval + 1e-9)
                 states.append(WindowState(rate, remaining, new_tat - now))
             new_tats.append(new_tat)
         if retry_after > 0:
             return Decision(False, tuple(states), retry_after)
-        if cost == 0:
-            return Decision(True, tuple(states))
-        for window, new_tat in zip(windows, new_tats, strict=True):
-            tat[window] = new_tat
+        if cost:
+            for window, new_tat in zip(windows, new_tats, strict=True):
+                tat[window.key] = new_tat
         return Decision(True, tuple(states))
 
     async def charge(self, windows: Sequence[Window], cost: int) -> None:
@@ -119,9 +139,9 @@ class LocalLimiter:
 
     def charge_now(self, windows: Sequence[Window], cost: int) -> None:
         now = self._clock()
+        tat = self._tat
         for window in windows:
-            interval = window.rate.period_s / window.rate.count
-            self._tat[window] = max(self._tat.get(window, now), now) + interval * cost
+            tat[window.key] = max(tat.get(window.key, now), now) + window.interval * cost
 
     def _sweep(self, now: float) -> None:
         """Forget windows that are full again: they hold nothing a new entry would not."""

@@ -1,17 +1,18 @@
 """One Redis connection for shared state, behind a short timeout and its own breaker.
 
-Every user of Redis (limits, outbound quotas, the cache) goes through `SharedRedis.run`:
-a call that fails or takes longer than `timeout_s` counts against the breaker, and while
-the breaker is open callers are told at once (`RedisDown`) so they fall back without
-waiting. Half-open after `reset_s`: one call probes, and success puts Redis back in use.
+Every user of Redis (limits, outbound quotas, the cache) goes through `SharedRedis`'s
+`command` and `script`: a call that fails or takes longer than `timeout_s` counts against
+the breaker, and while the breaker is open callers are told at once (`RedisDown`) so they
+fall back without waiting. Half-open after `reset_s`: one call probes, and success puts
+Redis back in use. The connection is `gateway.resilience.resp`'s pipelined client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -19,9 +20,13 @@ from backends.base import Health
 from gateway.errors import CircuitOpen
 from gateway.ops.metrics import Metrics
 from gateway.resilience.breaker import BreakerState, CircuitBreaker
-
-if TYPE_CHECKING:
-    import redis.asyncio as aioredis
+from gateway.resilience.resp import (
+    Arg,
+    RedisConnectionError,
+    RedisReplyError,
+    RespClient,
+    Script,
+)
 
 __all__ = ["RedisDown", "RedisHealth", "SharedRedis"]
 
@@ -46,19 +51,10 @@ class SharedRedis:
     ) -> None:
         # Imported here, not at the top: without `redis:` configured the process never
         # loads redis-py (and the cryptography it pulls in), some 13 MB of memory.
-        import redis.asyncio as aioredis
-        from redis.exceptions import RedisError
 
         self.prefix = prefix
         self.timeout_s = timeout_s
-        self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry_on_timeout=False,
-            health_check_interval=0,
-        )
+        self.client = RespClient(url, connect_timeout_s=timeout_s)
         self._metrics = metrics
         self.breaker = CircuitBreaker(
             "redis", failures=failures, reset_s=reset_s, on_change=self._changed
@@ -77,15 +73,23 @@ class SharedRedis:
     def up(self) -> bool:
         return self.breaker.state is BreakerState.CLOSED
 
-    async def run(self, call: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+    async def command(self, *args: Arg) -> Any:
+        """One command's reply; `RedisDown` when Redis failed, was slow or is known down."""
+        return await self._guarded(self.client.command(*args, timeout_s=self.timeout_s))
+
+    async def script(self, script: Script, keys: list[str], args: list[Arg]) -> Any:
+        return await self._guarded(script(self.client, keys, args, self.timeout_s))
+
+    async def _guarded(self, call: Awaitable[T]) -> T:
         try:
             probe = self.breaker.acquire()
         except CircuitOpen:
+            if asyncio.iscoroutine(call):
+                call.close()
             raise RedisDown() from None
         try:
-            async with asyncio.timeout(self.timeout_s):
-                result = await call(self.client)
-        except self._errors as exc:
+            result = await call
+        except (RedisConnectionError, RedisReplyError, OSError, TimeoutError) as exc:
             self._metrics.redis_errors.inc()
             self.breaker.record_failure(probe, type(exc).__name__)
             raise RedisDown() from exc
@@ -99,7 +103,7 @@ class SharedRedis:
         return {"in_use": self.up, **self.breaker.describe()}
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.client.close()
 
 
 class RedisHealth:
@@ -113,7 +117,7 @@ class RedisHealth:
 
     async def health(self) -> Health:
         try:
-            await self._redis.run(lambda client: client.ping())
+            await self._redis.command("PING")
         except RedisDown:
             return Health(False, "unavailable: limits and cache run in this process")
         return Health(True)

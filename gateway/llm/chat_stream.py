@@ -30,6 +30,7 @@ from gateway.llm.sse_relay import (
     StreamState,
     error_frame,
 )
+from gateway.llm.stream_io import DRAIN_S, drain, end, write
 from gateway.llm.targets import call_context, request_deadline, start_stream
 from gateway.llm.usage import record_usage
 from gateway.ops.metrics import metrics_key
@@ -39,10 +40,6 @@ from gateway.ops.streams import open_streams_key
 __all__ = ["stream_chat"]
 
 _log = logging.getLogger("tollway.llm")
-
-_DRAIN_AFTER_DONE_S = 0.5
-"""How long to wait for the upstream to close after ``[DONE]`` before closing it, for a
-backend without its own ``done_drain_s``."""
 
 
 class _Upstream:
@@ -95,8 +92,8 @@ async def stream_chat(
                 "stream failed",
                 extra={"backend": resumer.target.guard.name, "error": failure.code},
             )
-            await _write(response, error_frame(failure, request.get(request_id_key)))
-        client_gone = not await _end(response) or state.client_gone
+            await write(response, error_frame(failure, request.get(request_id_key)))
+        client_gone = not await end(response) or state.client_gone
         target = resumer.target
         if state.malformed:
             metrics.malformed_events.labels(target.guard.name).inc(state.malformed)
@@ -105,8 +102,8 @@ async def stream_chat(
         usage.outcome, usage.status = _outcome(state, failure, client_gone)
         record_usage(request, target, time.perf_counter() - started, *state.tokens())
         if state.done:
-            drain_s = getattr(target.guard.backend, "done_drain_s", _DRAIN_AFTER_DONE_S)
-            await _drain(upstream.events, drain_s)
+            drain_s = getattr(target.guard.backend, "done_drain_s", DRAIN_S)
+            await drain(upstream.events, drain_s)
     if cache_as is not None and sent is not None and failure is None:
         if state.finished and state.done:
             entry = CacheEntry(200, "text/event-stream", b"".join(sent), time.time())
@@ -150,7 +147,7 @@ async def _relay(
                 if state.done or state.failed:
                     break
             if frames:
-                if not await _write(response, b"".join(frames)):
+                if not await write(response, b"".join(frames)):
                     state.done = False  # the client went away: closing `events` stops upstream
                     state.client_gone = True
                     return None
@@ -177,7 +174,7 @@ async def _relay(
                 except BackendError as error:
                     failure = error
             if state.finished:  # the answer is whole; only its end was lost
-                await _write(response, DONE_FRAME)
+                await write(response, DONE_FRAME)
                 if sent is not None:
                     sent.append(DONE_FRAME)
                 state.done = True
@@ -196,30 +193,3 @@ async def _relay(
 
 def _count_on_breaker(target: Target, reason: str) -> None:
     target.guard.record_stream_failure(target.upstream_model, reason)
-
-
-async def _drain(events: AsyncIterator[list[bytes]], limit_s: float) -> None:
-    """After ``[DONE]`` the upstream closes at once: read to its end, so its connection
-    goes back to the pool and the breaker sees a finished call; give up after a moment."""
-    try:
-        async with asyncio.timeout(limit_s):
-            async for _ in events:
-                pass
-    except (TimeoutError, BackendError):
-        pass
-
-
-async def _write(response: web.StreamResponse, frame: bytes) -> bool:
-    try:
-        await response.write(frame)
-    except ConnectionResetError:
-        return False
-    return True
-
-
-async def _end(response: web.StreamResponse) -> bool:
-    try:
-        await response.write_eof()
-    except ConnectionResetError:
-        return False
-    return True

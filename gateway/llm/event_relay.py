@@ -22,21 +22,20 @@ from gateway.edge.request_id import request_id_key
 from gateway.errors import BackendError, BackendUnavailable, ShuttingDown, TollwayError
 from gateway.llm.api_usage import TokenUsage
 from gateway.llm.model_router import Target
+from gateway.llm.stream_io import end, write
 from gateway.llm.targets import fallback_reason, note_fallback, request_deadline
 from gateway.ops.metrics import metrics_key
 from gateway.ops.request_usage import usage_key
 from gateway.ops.streams import open_streams_key
 
 __all__ = [
-    "EventState", "MalformedEvent", "drain", "open_events", "relay_events",
+    "EventState", "MalformedEvent", "open_events", "relay_events",
 ]  # fmt: skip
 
 _log = logging.getLogger("tollway.llm")
 
 T = TypeVar("T")
 Events = AsyncIterator[list[bytes]]
-
-_DRAIN_S = 0.5
 
 
 class MalformedEvent(ValueError):
@@ -131,8 +130,8 @@ async def relay_events(
             _log.warning(
                 "stream failed", extra={"backend": target.guard.name, "error": failure.code}
             )
-            await _write(response, state.error_frames(failure, request.get(request_id_key)))
-        client_gone = not await _end(response) or client_gone
+            await write(response, state.error_frames(failure, request.get(request_id_key)))
+        client_gone = not await end(response) or client_gone
     usage = request[usage_key]
     usage.outcome, usage.status = _outcome(state, failure, client_gone)
     return response, failure
@@ -168,7 +167,7 @@ async def _relay(
                     frames.append(frame)
                 if state.ended:
                     break
-            if frames and not await _write(response, b"".join(frames)):
+            if frames and not await write(response, b"".join(frames)):
                 return None, True  # the client went away: closing `events` stops upstream
             frames = []
             if state.ended:
@@ -182,11 +181,11 @@ async def _relay(
                 "the upstream ended the stream before the answer was complete"
             ), False
         state.ended = True
-        await _write(response, state.finish())
+        await write(response, state.finish())
         return None, False
     except MalformedEvent as exc:
         if frames:
-            await _write(response, b"".join(frames))  # the good events before the bad one
+            await write(response, b"".join(frames))  # the good events before the bad one
         return BackendError(str(exc), code="malformed_event"), False
     except BackendError as error:
         return error, False
@@ -194,32 +193,3 @@ async def _relay(
         if not request.app[open_streams_key].is_shutdown(exc):
             raise
         return ShuttingDown("the server is shutting down; the answer was cut here"), False
-
-
-async def drain(events: Events, limit_s: float = _DRAIN_S) -> None:
-    """After the last event the upstream closes at once: read to its end, so its
-    connection goes back to the pool; give up after a moment."""
-    try:
-        async with asyncio.timeout(limit_s):
-            async for _ in events:
-                pass
-    except (TimeoutError, BackendError):
-        pass
-
-
-async def _write(response: web.StreamResponse, frame: bytes) -> bool:
-    if not frame:
-        return True
-    try:
-        await response.write(frame)
-    except ConnectionResetError:
-        return False
-    return True
-
-
-async def _end(response: web.StreamResponse) -> bool:
-    try:
-        await response.write_eof()
-    except ConnectionResetError:
-        return False
-    return True

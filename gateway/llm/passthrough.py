@@ -31,9 +31,10 @@ from gateway.llm.api_usage import (
 )
 from gateway.llm.byte_relay import json_answer, relay_bytes
 from gateway.llm.completions_stream import CompletionsState
-from gateway.llm.event_relay import drain, open_events, relay_events
+from gateway.llm.event_relay import open_events, relay_events
 from gateway.llm.model_router import Target
 from gateway.llm.routes import llm_router_key
+from gateway.llm.stream_io import DRAIN_S, drain
 from gateway.llm.targets import call_context, first_that_answers
 from gateway.ops.request_usage import usage_key
 from gateway.routing import RouteDef, RouteSpec
@@ -120,7 +121,7 @@ async def _stream_completions(
         )
         record_tokens(request, target, time.perf_counter() - started, state.usage)
         if state.ended and failure is None:
-            await drain(events, getattr(target.guard.backend, "done_drain_s", 0.5))
+            await drain(events, getattr(target.guard.backend, "done_drain_s", DRAIN_S))
     return response
 
 

@@ -29,11 +29,12 @@ from gateway.edge.principal import principal_key
 from gateway.errors import BackendUnavailable, BadRequest, NotFound
 from gateway.llm.api_usage import record_tokens, tokens_of_usage
 from gateway.llm.byte_relay import json_answer
-from gateway.llm.event_relay import drain, open_events, relay_events
+from gateway.llm.event_relay import open_events, relay_events
 from gateway.llm.model_router import Target
 from gateway.llm.responses_store import ResponseOwner, response_owners_key
 from gateway.llm.responses_stream import ResponsesState
 from gateway.llm.routes import llm_router_key
+from gateway.llm.stream_io import DRAIN_S, drain
 from gateway.llm.targets import call_context, first_that_answers
 from gateway.llm.usage import record_usage
 from gateway.ops.metrics import metrics_key
@@ -213,7 +214,7 @@ async def _relay(
         )
         record_tokens(request, target, time.perf_counter() - started, state.usage)
         if state.ended and failure is None:
-            await drain(events, getattr(target.guard.backend, "done_drain_s", 0.5))
+            await drain(events, getattr(target.guard.backend, "done_drain_s", DRAIN_S))
     if recording:
         await asyncio.gather(*recording, return_exceptions=True)
     return response

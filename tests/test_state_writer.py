@@ -219,7 +219,7 @@ async def test_a_spill_file_replayed_over_records_already_stored_adds_none_twice
         await store.close()
 
 
-async def test_upgrading_the_store_drops_duplicate_usage_rows_and_enforces_one_per_request(
+async def test_upgrading_the_store_drops_duplicate_usage_rows_and_enforces_one_per_record(
     tmp_path: Path,
 ) -> None:
     import sqlite3
@@ -240,7 +240,27 @@ async def test_upgrading_the_store_drops_duplicate_usage_rows_and_enforces_one_p
         await store.migrate()
         rows = await store.fetch("SELECT request_id FROM tollway_usage ORDER BY request_id")
         assert [r[0] for r in rows] == [None, "dup", "single"]
-        await service_for(store, tmp_path)._insert_usage([record("dup")])
+        await service_for(store, tmp_path)._insert_usage([duplicate])  # the same record again
         assert len(await store.fetch("SELECT 1 FROM tollway_usage WHERE request_id = 'dup'")) == 1
+    finally:
+        await store.close()
+
+
+async def test_two_requests_sent_with_the_same_request_id_are_both_recorded(
+    state_url: str, tmp_path: Path
+) -> None:
+    store = open_store(state_url)
+    await store.migrate()
+    service = service_for(store, tmp_path)
+    try:
+        first, second = record("reused"), record("reused")
+        second = (second[0] + 0.5, *second[1:])  # a later request, the same id from the client
+        for row in (first, second, first):  # and the first written again
+            service.usage.add(row)
+        assert await service.usage.flush() is True
+        rows = await store.fetch(
+            "SELECT count(*) FROM tollway_usage WHERE request_id = ?", ("reused",)
+        )
+        assert rows[0][0] == 2
     finally:
         await store.close()

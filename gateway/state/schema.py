@@ -7,9 +7,10 @@ IMMEDIATE``), so replicas starting at once apply it exactly once.
 
 Migration 2 adds what the rest of the OpenAI surface records (cached and reasoning
 tokens, audio, images) and the owners of stored responses. Migration 3 makes usage
-exactly once: ``request_id`` becomes unique (the writer inserts
-with ``ON CONFLICT DO NOTHING``, so a batch written again after a cancelled flush or a
-spill-file replay adds nothing), and ``outcome`` records how a stream ended for its
+exactly once: a record is unique by its request id and its time (the writer inserts with
+``ON CONFLICT DO NOTHING``, so a batch written again after a cancelled flush or a
+spill-file replay adds nothing, while two requests that came with the same
+``X-Request-ID`` are both billed), and ``outcome`` records how a stream ended for its
 client. The table is rebuilt rather than altered: a store written by an older version may
 hold duplicates (rows of the same record, same time), which a copy with ``ON CONFLICT DO
 NOTHING`` drops in the same SQL on both databases.
@@ -120,7 +121,7 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
             """CREATE TABLE tollway_usage (
                 at DOUBLE PRECISION NOT NULL,
                 day TEXT NOT NULL,
-                request_id TEXT UNIQUE,
+                request_id TEXT,
                 key_id TEXT,
                 tenant TEXT,
                 route_class TEXT,
@@ -140,7 +141,8 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
                 audio_bytes BIGINT NOT NULL DEFAULT 0,
                 images BIGINT NOT NULL DEFAULT 0,
                 image_size TEXT,
-                outcome TEXT
+                outcome TEXT,
+                UNIQUE (request_id, at)
             )""",
             f"""INSERT INTO tollway_usage ({_USAGE_V2})
                 SELECT {_USAGE_V2} FROM tollway_usage_v1 WHERE 1 = 1 ORDER BY at

@@ -39,8 +39,9 @@ USAGE_RECORD_COLUMNS = f"{USAGE_COLUMNS}, {USAGE_DETAIL_COLUMNS}, outcome"
 _USAGE_FIELDS = USAGE_RECORD_COLUMNS.count(",") + 1
 _MISSING_TAIL = (0, 0, 0.0, 0, 0, None, None)
 """Defaults for what an older record lacks: the details, then the outcome."""
-# The request id is unique in the store: a record written again (a flush cancelled after
-# its insert ran, a spill file replayed) adds nothing.
+# A record is unique in the store by its request id and time: written again (a flush
+# cancelled after its insert ran, a spill file replayed) it adds nothing; two requests a
+# client sent with the same X-Request-ID are two records.
 _INSERT_USAGE = (
     f"INSERT INTO tollway_usage ({USAGE_RECORD_COLUMNS}) "
     f"VALUES ({', '.join('?' * _USAGE_FIELDS)}) ON CONFLICT DO NOTHING"

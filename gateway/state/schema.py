@@ -142,13 +142,14 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
                 images BIGINT NOT NULL DEFAULT 0,
                 image_size TEXT,
                 outcome TEXT,
-                UNIQUE (request_id, at)
+                UNIQUE (at, request_id)
             )""",
             f"""INSERT INTO tollway_usage ({_USAGE_V2})
                 SELECT {_USAGE_V2} FROM tollway_usage_v1 WHERE 1 = 1 ORDER BY at
                 ON CONFLICT DO NOTHING""",
             "DROP TABLE tollway_usage_v1",
-            "CREATE INDEX tollway_usage_at ON tollway_usage (at)",
+            # (at, request_id) is unique and ordered by time: it is the time index too,
+            # and a new record lands at its end
             "CREATE INDEX tollway_usage_key_at ON tollway_usage (key_id, at)",
         ),
     ),

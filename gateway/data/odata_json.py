@@ -1,0 +1,167 @@
+"""An OData page's entities written as JSON by the database, in the page's own query.
+
+The page query (`Dataset.build`) is wrapped: its rows are numbered in the page's order,
+each becomes its JSON object (`gateway.data.json_columns`, byte for byte what the Python
+encoder writes), and one aggregate joins them, so one text value comes back and Python
+never builds a row. The same statement says how many rows it found, the sort-key values
+of the last row served (where the next page starts), and how many bytes the rows found
+take by the measure the backends use (`backends.base.rows_bytes`).
+
+`database_page` answers None, and the caller fetches and encodes the rows in Python as
+before, when the page cannot be written in SQL exactly (a column type `json_columns`
+does not write, a value it cannot write as Python would, a dialect it does not know) or
+when the rows found pass ``max_response_bytes``: the JSON of such a page is never built,
+and Python cuts it where it always has (a 502 when not even its first row fits).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+from aiohttp import web
+
+from gateway.data.datasets import Dataset, DatasetQuery, Order
+from gateway.data.json_columns import column_json, is_sized, quoted
+from gateway.data.runner import run_sql
+from gateway.edge.principal import principal_key
+from gateway.resilience.registry import backends_key
+
+__all__ = ["Page", "database_page", "page_sql"]
+
+_ROW_BYTES: Final = 24
+"""What `backends.base.rows_bytes` counts for every value, before the length of text."""
+_UPPER_ESCAPE: Final = re.compile(r"(?<!\\)((?:\\\\)*)\\u00(0B|0E|0F|1[A-F])")
+"""DuckDB writes these control characters as ``\\u000B``; orjson as ``\\u000b``. The
+look-behind and the pairs of backslashes keep a literal backslash followed by ``u000B``
+(``\\\\u000B`` in JSON) as it is."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    values: str | bytes
+    """The JSON array of the page's entities."""
+    rows: int
+    more: bool
+    """Rows follow this page (or it was cut short by ``max_response_bytes``)."""
+    position: list[Any] | None
+    """The last entity's values of the page's sort keys, when rows follow."""
+    fetched: int
+    """Rows the page query found (it asks for one more than the page holds)."""
+    cut: bool
+    """The rows found passed ``max_response_bytes``: the page ends where they fitted."""
+    first: Any = None
+    """The first entity's value of the first sort key."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    sql: str
+    sized: bool
+    """Some column is text: the statement counts the bytes (else `rows_bytes` is fixed)."""
+    keys: int
+    fallback: bool
+
+
+def page_sql(
+    dataset: Dataset,
+    names: list[str],
+    inner: str,
+    orders: tuple[Order, ...],
+    limit: int,
+    max_bytes: int,
+    *,
+    as_strings: bool,
+) -> _Plan | None:
+    """The page query `inner` (`limit` rows and one more) wrapped to answer one row: the
+    JSON of the first `limit` rows (none when the rows found pass `max_bytes`), the rows
+    found, [their bytes,] the sort keys of row `limit`, the first key of row 1, [and
+    whether a served value is one SQL cannot write as Python would]."""
+    if not orders:
+        return None
+    parts: list[str] = []
+    fallbacks: list[str] = []
+    sized: list[str] = []
+    for index, name in enumerate(names):
+        backend_type = dataset.types.get(name)
+        rendered = None
+        if backend_type is not None:
+            rendered = column_json(
+                dataset.dialect, backend_type, name, as_strings=as_strings, session=dataset.session
+            )
+        if backend_type is None or rendered is None:
+            return None
+        expression, fallback = rendered
+        if dataset.nullable(name):
+            expression = f"coalesce({expression}, 'null')"
+        parts += [f"'{'{' if index == 0 else ','}\"{name}\":'", expression]
+        if fallback is not None:
+            fallbacks.append(f"({fallback})")
+        if is_sized(dataset.dialect, backend_type):
+            sized.append(f"coalesce(length({quoted(name)}), 0)")
+    parts.append("'}'")
+    row = f"concat({', '.join(parts)})" if dataset.dialect == "duckdb" else " || ".join(parts)
+    order = ", ".join(
+        f"{quoted(o.field)} {'DESC' if o.descending else 'ASC'} NULLS LAST" for o in orders
+    )
+    window = f'row_number() OVER (ORDER BY {order}) AS "tollway$n"'
+    keep = f'"tollway$n" <= {limit}'
+    select = [f"string_agg({row}, ',' ORDER BY \"tollway$n\")", "count(*)"]
+    if sized:  # `rows_bytes` of the rows found; no JSON is built when they pass the budget
+        window += (
+            f", sum({' + '.join([str(_ROW_BYTES * len(names)), *sized])}) OVER () "
+            'AS "tollway$bytes"'
+        )
+        keep += f' AND "tollway$bytes" <= {max_bytes}'
+        select.append('max("tollway$bytes")')
+    select[0] += f" FILTER (WHERE {keep})"
+    select += [
+        f'(array_agg({quoted(o.field)}) FILTER (WHERE "tollway$n" = {limit}))[1]' for o in orders
+    ]
+    select.append(f'(array_agg({quoted(orders[0].field)}) FILTER (WHERE "tollway$n" = 1))[1]')
+    if fallbacks:
+        select.append(f'bool_or({" OR ".join(fallbacks)}) FILTER (WHERE "tollway$n" <= {limit})')
+    sql = (
+        f"SELECT {', '.join(select)} FROM (SELECT *, {window} "
+        f'FROM ({inner}) AS "tollway$p") AS "tollway$w"'
+    )
+    return _Plan(sql, bool(sized), len(orders), bool(fallbacks))
+
+
+async def database_page(
+    request: web.Request, dataset: Dataset, query: DatasetQuery, limit: int, *, as_strings: bool
+) -> Page | None:
+    """The page of `query` (`limit` rows; the query asks for one more) written by the
+    database; None when it cannot be written there exactly, or the rows found pass the
+    byte budget (Python then cuts the page where it always has)."""
+    if not dataset.render_in_database:
+        return None
+    guard = request.app[backends_key].get(dataset.config.backend)
+    max_bytes = guard.config.max_response_bytes
+    names = [*query.dimensions, *query.metrics]
+    if (limit + 1) * _ROW_BYTES * len(names) > max_bytes:
+        return None  # the page may be cut by size: Python cuts it
+    inner, params = dataset.build(query, request[principal_key].tenant)
+    plan = page_sql(dataset, names, inner, query.order_by, limit, max_bytes, as_strings=as_strings)
+    if plan is None:
+        return None
+    # The statement bounds its own answer by the backend's measure (above).
+    result = await run_sql(request, guard, plan.sql, params, bounded=False)
+    values, fetched, *rest = result.rows[0]
+    if plan.sized:
+        used, *rest = rest
+        if used is not None and used > max_bytes:
+            return None
+    if plan.fallback and rest[-1]:
+        return None  # a value SQL cannot write as Python would: Python writes the page
+    text = "[]" if values is None else "[" + values + "]"
+    if dataset.dialect == "duckdb" and "\\u00" in text:
+        text = _UPPER_ESCAPE.sub(_lower_escape, text)
+    more = fetched > limit
+    position = list(rest[: plan.keys]) if more else None
+    return Page(text, min(fetched, limit), more, position, fetched, False, rest[plan.keys])
+
+
+def _lower_escape(match: re.Match[str]) -> str:
+    return match.group(1) + "\\u00" + match.group(2).lower()

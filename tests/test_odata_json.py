@@ -206,3 +206,20 @@ async def test_pages_of_uneven_keys_are_found_whether_or_not_the_guess_holds(
         assert sorted(rows) == ids and len(by_database) == 12
     probes = [r for r in caplog.records if "OFFSET" in getattr(r, "sql", "")]
     assert 0 < len(probes) < 4 * 12 / 2  # most pages found in one step
+
+
+async def test_large_pages_keep_their_order_on_every_thread(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "large.duckdb"
+    with duckdb.connect(str(path)) as connection:  # stored in an order no page is read in
+        connection.execute(
+            "CREATE TABLE large AS SELECT (i * 7919) % 30011 AS id, 'acme' AS tenant_id, "
+            "(i * 31) % 1000 AS v, 'name ' || i AS name FROM range(30000) AS t(i)"
+        )
+    datasets = {"kinds": kinds_dataset("wh", "large", ["id", "v", "name"])}
+    backend = {"type": "duckdb", "path": str(path), "threads": 4}
+    client = await aiohttp_client(create_app(_config(backend, datasets, page_size=5000)))
+    for url in ["/odata/kinds", "/odata/kinds?$orderby=v desc,name"]:
+        by_python, by_database = await _both_ways(client, url)
+        assert by_database == by_python and len(by_database) == 6

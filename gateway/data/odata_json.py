@@ -52,16 +52,15 @@ class Page:
     cut: bool
     """The rows found passed ``max_response_bytes``: the page ends where they fitted."""
     first: Any = None
-    """The first entity's value of the first sort key."""
+    """The first entity's value of the first sort key (first pages only)."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
     sql: str
-    sized: bool
-    """Some column is text: the statement counts the bytes (else `rows_bytes` is fixed)."""
-    keys: int
-    fallback: bool
+    answers: dict[str, int]
+    """Where each answer is in the statement's one row: ``values``, ``fetched``,
+    ``bytes``, ``keys`` (the first of the sort keys), ``first``, ``fallback``."""
 
 
 def page_sql(
@@ -73,11 +72,13 @@ def page_sql(
     max_bytes: int,
     *,
     as_strings: bool,
+    first: bool = False,
 ) -> _Plan | None:
     """The page query `inner` (`limit` rows and one more) wrapped to answer one row: the
     JSON of the first `limit` rows (none when the rows found pass `max_bytes`), the rows
-    found, [their bytes,] the sort keys of row `limit`, the first key of row 1, [and
-    whether a served value is one SQL cannot write as Python would]."""
+    found, their bytes (when some are text), the sort keys of row `limit`, with `first`
+    the first sort key of row 1, and whether a served value is one SQL cannot write as
+    Python would (when a column may hold one); None when a column cannot be written."""
     if not orders:
         return None
     parts: list[str] = []
@@ -101,32 +102,40 @@ def page_sql(
         if is_sized(dataset.dialect, backend_type):
             sized.append(f"coalesce(length({quoted(name)}), 0)")
     parts.append("'}'")
-    row = f"concat({', '.join(parts)})" if dataset.dialect == "duckdb" else " || ".join(parts)
+    duckdb = dataset.dialect == "duckdb"
+    row = f"concat({', '.join(parts)})" if duckdb else " || ".join(parts)
     order = ", ".join(
         f"{quoted(o.field)} {'DESC' if o.descending else 'ASC'} NULLS LAST" for o in orders
     )
-    window = f'row_number() OVER (ORDER BY {order}) AS "tollway$n"'
+    # DuckDB keeps the order of the page query's rows through a window with an empty
+    # OVER (its documented order preservation); Postgres is told the order again.
+    window = f'row_number() OVER ({"" if duckdb else f"ORDER BY {order}"}) AS "tollway$n"'
     keep = f'"tollway$n" <= {limit}'
-    select = [f"string_agg({row}, ',' ORDER BY \"tollway$n\")", "count(*)"]
-    if sized:  # `rows_bytes` of the rows found; no JSON is built when they pass the budget
-        window += (
-            f", sum({' + '.join([str(_ROW_BYTES * len(names)), *sized])}) OVER () "
-            'AS "tollway$bytes"'
-        )
-        keep += f' AND "tollway$bytes" <= {max_bytes}'
-        select.append('max("tollway$bytes")')
-    select[0] += f" FILTER (WHERE {keep})"
-    select += [
-        f'(array_agg({quoted(o.field)}) FILTER (WHERE "tollway$n" = {limit}))[1]' for o in orders
-    ]
-    select.append(f'(array_agg({quoted(orders[0].field)}) FILTER (WHERE "tollway$n" = 1))[1]')
+    values = f"string_agg({row}, ',' ORDER BY \"tollway$n\")"
+    answers: dict[str, str] = {"fetched": "count(*)"}
+    if not sized:
+        values += f" FILTER (WHERE {keep})"
+    elif duckdb:  # DuckDB holds the page's rows already: the text is dropped, not sent
+        counted = f"sum({' + '.join([str(_ROW_BYTES * len(names)), *sized])})"
+        values = f"CASE WHEN {counted} <= {max_bytes} THEN {values} FILTER (WHERE {keep}) END"
+        answers["bytes"] = counted
+    else:  # Postgres never builds it (past 1 GB it could not)
+        counted = f"sum({' + '.join([str(_ROW_BYTES * len(names)), *sized])})"
+        window += f', {counted} OVER () AS "tollway$bytes"'
+        values += f' FILTER (WHERE {keep} AND "tollway$bytes" <= {max_bytes})'
+        answers["bytes"] = 'max("tollway$bytes")'
+    answers = {"values": values, **answers}
+    for at, o in enumerate(orders):
+        answers["keys" if at == 0 else f"key{at}"] = _value_at(o.field, limit)
+    if first:
+        answers["first"] = _value_at(orders[0].field, 1)
     if fallbacks:
-        select.append(f'bool_or({" OR ".join(fallbacks)}) FILTER (WHERE "tollway$n" <= {limit})')
+        answers["fallback"] = f"bool_or({' OR '.join(fallbacks)}) FILTER (WHERE {keep})"
     sql = (
-        f"SELECT {', '.join(select)} FROM (SELECT *, {window} "
+        f"SELECT {', '.join(answers.values())} FROM (SELECT *, {window} "
         f'FROM ({inner}) AS "tollway$p") AS "tollway$w"'
     )
-    return _Plan(sql, bool(sized), len(orders), bool(fallbacks))
+    return _Plan(sql, {name: at for at, name in enumerate(answers)})
 
 
 async def database_page(
@@ -143,24 +152,31 @@ async def database_page(
     if (limit + 1) * _ROW_BYTES * len(names) > max_bytes:
         return None  # the page may be cut by size: Python cuts it
     inner, params = dataset.build(query, request[principal_key].tenant)
-    plan = page_sql(dataset, names, inner, query.order_by, limit, max_bytes, as_strings=as_strings)
+    first = query.after is None
+    plan = page_sql(
+        dataset, names, inner, query.order_by, limit, max_bytes, as_strings=as_strings, first=first
+    )
     if plan is None:
         return None
     # The statement bounds its own answer by the backend's measure (above).
     result = await run_sql(request, guard, plan.sql, params, bounded=False)
-    values, fetched, *rest = result.rows[0]
-    if plan.sized:
-        used, *rest = rest
-        if used is not None and used > max_bytes:
-            return None
-    if plan.fallback and rest[-1]:
+    row, at = result.rows[0], plan.answers
+    if "bytes" in at and row[at["bytes"]] is not None and row[at["bytes"]] > max_bytes:
+        return None
+    if "fallback" in at and row[at["fallback"]]:
         return None  # a value SQL cannot write as Python would: Python writes the page
-    text = "[]" if values is None else "[" + values + "]"
-    if dataset.dialect == "duckdb" and "\\u00" in text:
+    values, fetched = row[at["values"]], row[at["fetched"]]
+    text = "[]" if values is None else "".join(("[", values, "]"))  # no per-row work
+    if dataset.dialect == "duckdb" and "\\" in text and "\\u00" in text:  # "\\": memchr
         text = _UPPER_ESCAPE.sub(_lower_escape, text)
     more = fetched > limit
-    position = list(rest[: plan.keys]) if more else None
-    return Page(text, min(fetched, limit), more, position, fetched, False, rest[plan.keys])
+    position = list(row[at["keys"] : at["keys"] + len(query.order_by)]) if more else None
+    start = row[at["first"]] if first else None
+    return Page(text, min(fetched, limit), more, position, fetched, False, start)
+
+
+def _value_at(name: str, row: int) -> str:
+    return f'(array_agg({quoted(name)}) FILTER (WHERE "tollway$n" = {row}))[1]'
 
 
 def _lower_escape(match: re.Match[str]) -> str:

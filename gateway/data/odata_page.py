@@ -129,14 +129,15 @@ async def _written(
 
 
 def _guessed_end(query: DatasetQuery, opened: Opened | None) -> DatasetQuery | None:
-    """`query` bounded twice the previous page's span past its position, when the order
-    is one integer key: rows past the bound all sort after the rows within it."""
+    """`query` bounded one and a half times the previous page's span past its position,
+    when the order is one integer key: rows past the bound all sort after the rows
+    within it, so the page is right whenever the bound holds more rows than it."""
     if opened is None or opened.span is None or query.after is None or len(query.after) != 1:
         return None
     start = query.after[0]
     if len(query.order_by) != 1 or not _integer(start):
         return None
-    reach = 2 * opened.span + 2
+    reach = opened.span + opened.span // 2 + 2
     end = start - reach if query.order_by[0].descending else start + reach
     if not _INT64[0] <= end <= _INT64[1]:
         return None
@@ -144,13 +145,15 @@ def _guessed_end(query: DatasetQuery, opened: Opened | None) -> DatasetQuery | N
 
 
 def _span(dataset: Dataset, query: DatasetQuery, entities: Page) -> int | None:
-    """How far the one integer sort key moved over this page, for the next page's guess."""
+    """How far the one integer sort key moved over this page (from the previous page's
+    last row, or this page's first), for the next page's guess."""
     if len(query.order_by) != 1 or entities.position is None:
         return None
-    first, last = entities.first, entities.position[0]
-    if not dataset.bounded_pages(query) or not (_integer(first) and _integer(last)):
+    start = entities.first if query.after is None else query.after[0]
+    last = entities.position[0]
+    if not dataset.bounded_pages(query) or not (_integer(start) and _integer(last)):
         return None
-    return int(abs(last - first))
+    return int(abs(last - start))
 
 
 def _integer(value: Any) -> bool:
@@ -174,7 +177,7 @@ async def _python_page(
         default=_value_as_string if as_strings else _value,
         option=orjson.OPT_NAIVE_UTC,
     )
-    first = rows[0][keys[0]] if rows and keys else None
+    first = rows[0][keys[0]] if rows and keys and query.after is None else None
     return Page(values, len(rows), more, position, fetched, result.too_large, first)
 
 

@@ -93,13 +93,14 @@ _TYPES = {
         "dec": "DECIMAL(38, 10)", "money": "DECIMAL(12, 2)", "dbl": "DOUBLE", "flt": "FLOAT",
         "i16": "SMALLINT", "i32": "INTEGER", "i64": "BIGINT", "u64": "UBIGINT",
         "flag": "BOOLEAN", "day": "DATE", "ts": "TIMESTAMP", "tstz": "TIMESTAMPTZ",
-        "tod": "TIME", "uid": "UUID",
+        "tod": "TIME", "uid": "UUID", "odd2": "DOUBLE NOT NULL", "yes": "BOOLEAN NOT NULL",
     },
     "postgres": {
         "id": "BIGINT PRIMARY KEY", "tenant_id": "TEXT NOT NULL", "txt": "TEXT",
         "dec": "NUMERIC(38, 10)", "money": "NUMERIC(12, 2)", "dbl": "DOUBLE PRECISION",
         "flt": "REAL", "i16": "SMALLINT", "i32": "INTEGER", "i64": "BIGINT",
-        "num": "NUMERIC", "vc": "VARCHAR(400)", "flag": "BOOLEAN", "day": "DATE",
+        "num": "NUMERIC", "odd": "NUMERIC NOT NULL", "odd2": "DOUBLE PRECISION NOT NULL",
+        "vc": "VARCHAR(400)", "flag": "BOOLEAN", "day": "DATE",
         "ts": "TIMESTAMP", "tstz": "TIMESTAMPTZ", "tod": "TIME", "uid": "UUID",
     },
 }  # fmt: skip
@@ -112,6 +113,12 @@ def _value(column: str, i: int) -> Any:
         return [None, 0, 18446744073709551615, 9223372036854775808][i % 4]
     if column == "num":
         return [None, D("NaN"), D("1.00E+30"), D("1E-7"), D("-0.000"), D("123.4500")][i % 6]
+    if column == "odd":  # never null, yet written as null
+        return [D("NaN"), D("1.50"), D("Infinity"), D("-Infinity"), D("0")][i % 5]
+    if column == "odd2":
+        return [math.nan, 1.5, math.inf, -math.inf, 0.0, 1e-5][i % 6]
+    if column == "yes":
+        return i % 3 == 0
     if column == "vc":
         return TEXTS[(i * 7) % len(TEXTS)]
     samples = _SAMPLES[column]

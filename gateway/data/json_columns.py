@@ -12,15 +12,17 @@ What is matched, per Edm type (both backends unless said):
   string under ``IEEE754Compatible``; NaN and infinities as null.
 * Double: the shortest text that reads back as the same double, in orjson's notation
   (``1.0``, ``0.00001``, ``1e-7``, ``1e+16``); NaN and infinities as null. On Postgres, a
-  value of magnitude 2^53 or more sends the page to Python (the second expression):
-  Postgres writes some of those with more digits than the shortest.
+  value of magnitude 2^53 or more sends the page to Python (the second expression of
+  `column_json`): Postgres writes some of those with more digits than the shortest.
 * Boolean, String (every escape orjson makes; DuckDB's upper-case ``\\u000B`` hex is
   lowered afterwards by `gateway.data.odata_json`), UUIDs as strings.
 * Date ``2026-01-09``; DateTimeOffset ``2026-01-09T10:30:00+00:00``, six fractional digits
   when there are microseconds: naive timestamps are UTC and ``timestamptz`` is written at
   UTC (on DuckDB only when the session's time zone is UTC, as the driver then returns UTC
-  offsets); infinities as the driver's ``datetime.max``/``min``; DuckDB values Python
-  cannot hold (BC, after 9999) as the driver's text. TimeOfDay ``10:30:00[.ffffff]``.
+  offsets). Infinities: Postgres writes the driver's ``datetime.max``/``min``; on DuckDB
+  they, and timestamps Python cannot hold (BC, after 9999), send the page to Python
+  (rare values, and a cheaper expression for every other). TimeOfDay
+  ``10:30:00[.ffffff]``.
 
 Every other type (intervals, blobs, lists, structs, JSON, enums, ``hugeint``, ``char(n)``,
 times with a zone…) is not written here.
@@ -98,17 +100,15 @@ def _pg_double(c: str) -> str:
     )
 
 
-def _duck_timestamp(c: str, zoned: bool) -> str:
+def _duck_timestamp(c: str, zoned: bool) -> tuple[str, str]:
     wall = f"CAST({c} AS TIMESTAMP)" if zoned else c
-    return (
-        f"CASE WHEN {wall} BETWEEN TIMESTAMP '0001-01-01' "
-        "AND TIMESTAMP '9999-12-31 23:59:59.999999' "
-        f"THEN replace(strftime({wall}, '\"%Y-%m-%dT%H:%M:%S.%f+00:00\"'), '.000000+', '+') "
-        f"WHEN {wall} = TIMESTAMP 'infinity' THEN '{_MAX_UTC}' "
-        f"WHEN {wall} = TIMESTAMP '-infinity' THEN '{_MIN_UTC}' "
-        # What Python's datetime cannot hold reaches Python as DuckDB's own text.
-        f"ELSE {_text(f'CAST({c} AS VARCHAR)')} END"
+    # Infinities and what Python's datetime cannot hold (BC, after 9999) reach Python as
+    # something else: such a page is written by Python.
+    written = f"replace(strftime({wall}, '\"%Y-%m-%dT%H:%M:%S.%f+00:00\"'), '.000000+', '+')"
+    beyond = (
+        f"NOT ({wall} BETWEEN TIMESTAMP '0001-01-01' AND TIMESTAMP '9999-12-31 23:59:59.999999')"
     )
+    return written, beyond
 
 
 def _pg_timestamp(c: str, zoned: bool) -> str:
@@ -121,11 +121,9 @@ def _pg_timestamp(c: str, zoned: bool) -> str:
     )
 
 
-def _duck_date(c: str) -> str:
-    return _text(
-        f"(CASE WHEN {c} = DATE 'infinity' THEN '9999-12-31' WHEN {c} = DATE '-infinity' "
-        f"THEN '0001-01-01' ELSE CAST({c} AS VARCHAR) END)"
-    )
+def _duck_date(c: str) -> tuple[str, str]:
+    # Python gets datetime.max/min for infinities: such a page is written by Python.
+    return _text(f"CAST({c} AS VARCHAR)"), f"isinf({c})"
 
 
 def _pg_date(c: str) -> str:
@@ -152,24 +150,27 @@ def _boolean(c: str) -> str:
     return f"CASE WHEN {c} THEN 'true' WHEN NOT {c} THEN 'false' END"
 
 
-def _duck(kind: str, c: str, as_strings: bool, session: Mapping[str, str]) -> str | None:
+def _duck(
+    kind: str, c: str, as_strings: bool, session: Mapping[str, str]
+) -> tuple[str, str | None] | None:
     if kind in _DUCK_INTEGERS or _DUCK_DECIMAL.match(kind):
-        return _number(f"CAST({c} AS VARCHAR)", as_strings)
+        return _number(f"CAST({c} AS VARCHAR)", as_strings), None
     if kind in ("DOUBLE", "FLOAT"):
-        return _duck_double(c)
+        return _duck_double(c), None
     if kind in _DUCK_TEXT:
-        return f"CAST(to_json({c}) AS VARCHAR)"
+        return f"CAST(to_json({c}) AS VARCHAR)", None
     zoned = kind == "TIMESTAMP WITH TIME ZONE"
     if kind == "TIMESTAMP" or (zoned and session.get("TimeZone", "").lower() in UTC_ZONES):
         return _duck_timestamp(c, zoned)
+    if kind == "DATE":
+        return _duck_date(c)
     simple: dict[str, Render] = {
         "BOOLEAN": _boolean,
         "UUID": lambda c: _text(f"CAST({c} AS VARCHAR)"),
-        "DATE": _duck_date,
         "TIME": _duck_time,
     }
     render = simple.get(kind)
-    return render(c) if render else None
+    return (render(c), None) if render else None
 
 
 def _shortest_doubles(session: Mapping[str, str]) -> bool:
@@ -184,10 +185,10 @@ def _pg(
 ) -> tuple[str, str | None] | None:
     if kind in _PG_INTEGERS:
         return _number(f"{c}::text", as_strings), None
-    if kind == "numeric":
-        finite = f"nullif(nullif(nullif({c}::text, 'NaN'), 'Infinity'), '-Infinity')"
-        # NaN and infinities are null, as for a null: coalesce(…, 'null') writes both.
-        return _number(finite, as_strings), None
+    if kind == "numeric":  # NaN and infinities (Postgres 14) are null, as Python writes them
+        t = f"{c}::text"
+        finite = f"CASE WHEN {t} IN ('NaN', 'Infinity', '-Infinity') THEN 'null' ELSE "
+        return f"{finite}{_number(t, as_strings)} END", None
     if kind in ("float4", "float8"):
         if not _shortest_doubles(session):
             return None
@@ -210,7 +211,7 @@ def _pg(
 def column_json(
     dialect: str, backend_type: str, name: str, *, as_strings: bool, session: Mapping[str, str]
 ) -> tuple[str, str | None] | None:
-    """SQL writing column `name`'s values as JSON (NULL for NULL), and an SQL condition
+    """SQL writing column `name`'s values as JSON (NULL only for NULL), and an SQL condition
     true for a value it cannot write as Python would (or None); None when the type is
     not written here. With `as_strings` (``IEEE754Compatible=true``) Int64 and Decimal
     values are strings."""
@@ -218,8 +219,7 @@ def column_json(
     kind = backend_type.strip()
     as_strings = as_strings and edm_type(backend_type)[0] in (EDM_INT64, EDM_DECIMAL)
     if dialect == "duckdb":
-        text = _duck(kind, c, as_strings, session)
-        return None if text is None else (text, None)
+        return _duck(kind, c, as_strings, session)
     if dialect == "postgres":
         return _pg(kind, c, as_strings, session)
     return None

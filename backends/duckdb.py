@@ -5,14 +5,17 @@ the first query; a file database opens read-only unless it is being created. Que
 run on a small thread pool, one cursor each, and are interrupted when they run out of
 time or their caller goes away.
 
-Options: ``path`` (a file, or ``:memory:``), ``threads`` (queries at once, default 4),
-``memory_limit`` (e.g. ``"1GB"``), ``demo`` (true: create the demo warehouse in memory).
+Options: ``path`` (a file, or ``:memory:``), ``threads`` (queries at once, default 4;
+DuckDB's own worker threads are as many, but no more than the machine's cores: past
+them each query only pays more scheduling), ``memory_limit`` (e.g. ``"1GB"``), ``demo``
+(true: create the demo warehouse in memory).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -87,7 +90,7 @@ class DuckDBBackend:
         read_only = not in_memory and Path(self.path).exists()
         config: dict[str, Any] = {
             "enable_external_access": False,
-            "threads": self.threads,
+            "threads": min(self.threads, os.cpu_count() or 1),
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
         }

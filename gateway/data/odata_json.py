@@ -111,24 +111,19 @@ def page_sql(
     # OVER (its documented order preservation); Postgres is told the order again.
     window = f'row_number() OVER ({"" if duckdb else f"ORDER BY {order}"}) AS "tollway$n"'
     keep = f'"tollway$n" <= {limit}'
-    values = f"string_agg({row}, ',' ORDER BY \"tollway$n\")"
+    values = f"string_agg({row}, ',' ORDER BY \"tollway$n\") FILTER (WHERE {keep}"
     answers: dict[str, str] = {"fetched": "count(*)"}
-    if not sized:
-        values += f" FILTER (WHERE {keep})"
-    elif duckdb:  # DuckDB holds the page's rows already: the text is dropped, not sent
-        counted = f"sum({' + '.join([str(_ROW_BYTES * len(names)), *sized])})"
-        values = f"CASE WHEN {counted} <= {max_bytes} THEN {values} FILTER (WHERE {keep}) END"
-        answers["bytes"] = counted
-    else:  # Postgres never builds it (past 1 GB it could not)
+    if sized:  # `rows_bytes` of the rows found: past the budget, their JSON is never built
         counted = f"sum({' + '.join([str(_ROW_BYTES * len(names)), *sized])})"
         window += f', {counted} OVER () AS "tollway$bytes"'
-        values += f' FILTER (WHERE {keep} AND "tollway$bytes" <= {max_bytes})'
+        values += f' AND "tollway$bytes" <= {max_bytes}'
         answers["bytes"] = 'max("tollway$bytes")'
+    values += ")"
     answers = {"values": values, **answers}
     for at, o in enumerate(orders):
-        answers["keys" if at == 0 else f"key{at}"] = _value_at(o.field, limit)
+        answers["keys" if at == 0 else f"key{at}"] = _value_at(o.field, limit, duckdb)
     if first:
-        answers["first"] = _value_at(orders[0].field, 1)
+        answers["first"] = _value_at(orders[0].field, 1, duckdb)
     if fallbacks:
         answers["fallback"] = f"bool_or({' OR '.join(fallbacks)}) FILTER (WHERE {keep})"
     sql = (
@@ -175,7 +170,10 @@ async def database_page(
     return Page(text, min(fetched, limit), more, position, fetched, False, start)
 
 
-def _value_at(name: str, row: int) -> str:
+def _value_at(name: str, row: int, duckdb: bool) -> str:
+    """Column `name`'s value in row `row` (null when it is null or there is no such row)."""
+    if duckdb:
+        return f'any_value({quoted(name)}) FILTER (WHERE "tollway$n" = {row})'
     return f'(array_agg({quoted(name)}) FILTER (WHERE "tollway$n" = {row}))[1]'
 
 

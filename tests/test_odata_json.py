@@ -236,3 +236,16 @@ async def test_large_pages_keep_their_order_on_every_thread(
     for url in ["/odata/kinds", "/odata/kinds?$orderby=v desc,name"]:
         by_python, by_database = await _both_ways(client, url)
         assert by_database == by_python and len(by_database) == 6
+
+
+async def test_a_page_statement_the_database_refuses_is_written_by_python(
+    kinds: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _pages(kinds, "/odata/kinds?$top=1", {})  # described
+    described = kinds.app[datasets_key]["kinds"]
+    by_python, _ = await _both_ways(kinds, "/odata/kinds?$select=id,i32")
+    described.types["i32"] = described.types["ts"]  # the page's own SQL is now wrong
+    caplog.set_level(logging.DEBUG, logger="tollway.data")
+    by_database = await _pages(kinds, "/odata/kinds?$select=id,i32", {})
+    assert by_database == by_python
+    assert any(r.getMessage() == "page statement refused" for r in caplog.records)

@@ -9,13 +9,16 @@ take by the measure the backends use (`backends.base.rows_bytes`).
 
 `database_page` answers None, and the caller fetches and encodes the rows in Python as
 before, when the page cannot be written in SQL exactly (a column type `json_columns`
-does not write, a value it cannot write as Python would, a dialect it does not know) or
-when the rows found pass ``max_response_bytes``: the JSON of such a page is never built,
-and Python cuts it where it always has (a 502 when not even its first row fits).
+does not write, a value it cannot write as Python would, a dialect it does not know),
+when the rows found pass ``max_response_bytes`` (the JSON of such a page is never built,
+and Python cuts it where it always has: a 502 when not even its first row fits), or when
+the database refuses the statement (a mistake in the page's own query, such as a
+division by zero in a metric, is then told by the Python path, as before).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Final
@@ -26,10 +29,12 @@ from gateway.data.datasets import Dataset, DatasetQuery, Order
 from gateway.data.json_columns import column_json, is_sized, quoted
 from gateway.data.runner import run_sql
 from gateway.edge.principal import principal_key
+from gateway.errors import BadRequest
 from gateway.resilience.registry import backends_key
 
 __all__ = ["Page", "database_page", "page_sql"]
 
+_log = logging.getLogger("tollway.data")
 _ROW_BYTES: Final = 24
 """What `backends.base.rows_bytes` counts for every value, before the length of text."""
 _UPPER_ESCAPE: Final = re.compile(r"(?<!\\)((?:\\\\)*)\\u00(0B|0E|0F|1[A-F])")
@@ -153,8 +158,11 @@ async def database_page(
     )
     if plan is None:
         return None
-    # The statement bounds its own answer by the backend's measure (above).
-    result = await run_sql(request, guard, plan.sql, params, bounded=False)
+    try:  # the statement bounds its own answer by the backend's measure (above)
+        result = await run_sql(request, guard, plan.sql, params, bounded=False)
+    except BadRequest as error:  # a mistake of the page's own SQL tells again in Python
+        _log.debug("page statement refused", extra={"code": error.code})
+        return None
     row, at = result.rows[0], plan.answers
     if "bytes" in at and row[at["bytes"]] is not None and row[at["bytes"]] > max_bytes:
         return None

@@ -6,14 +6,14 @@ run on a small thread pool, one cursor each, and are interrupted when they run o
 time or their caller goes away.
 
 Options: ``path`` (a file, or ``:memory:``), ``threads`` (queries at once, default 4),
-``query_threads`` (the threads one query may use, DuckDB's own ``threads``; default: the
-machine's cores shared among the queries at once, at least one), ``memory_limit`` (e.g.
-``"1GB"``), ``demo`` (true: create the demo warehouse in memory).
+``query_threads`` (the threads one query may use, DuckDB's own ``threads``; default as many
+as ``threads``, but no more than the machine's cores), ``memory_limit`` (e.g. ``"1GB"``),
+``demo`` (true: create the demo warehouse in memory).
 
-Why share the cores: a query's parallel tasks beyond them only compete with the other
-queries at once, and every query pays for waking the workers. On two cores, a 5,000-row
-OData page costs about 8 ms of CPU single-threaded and 10 ms with two worker threads,
-for no gain in time; a big scan on a big machine still gets its share.
+Past the cores, a query's parallel tasks only compete with each other and every query
+pays for waking the workers. A gateway answering many small queries (OData pages) may
+set ``query_threads: 1``: on two cores a 5,000-row page then costs about 8 ms of CPU
+instead of 10 ms with two workers, in the same time; a big scan then runs on one core.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def create(
     threads = options.get("threads", 4)
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64:
         raise OptionError("threads", "expected a whole number from 1 to 64")
-    query_threads = options.get("query_threads", max(1, (os.cpu_count() or 1) // threads))
+    query_threads = options.get("query_threads", min(threads, os.cpu_count() or 1))
     if (
         isinstance(query_threads, bool)
         or not isinstance(query_threads, int)

@@ -1,5 +1,5 @@
-"""How many threads one DuckDB query may use: by default the machine's cores shared
-among the queries the backend runs at once, at least one; configurable, and checked."""
+"""How many threads one DuckDB query may use: by default as many as queries run at once,
+but no more than the machine's cores; configurable, and checked."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ async def _threads_of(options: dict[str, object]) -> int:
 
 
 @pytest.mark.parametrize("at_once", [1, 2, 4, 64])
-async def test_a_query_gets_the_cores_shared_among_the_queries_at_once(at_once: int) -> None:
-    expected = max(1, (os.cpu_count() or 1) // at_once)
+async def test_a_query_gets_no_more_threads_than_the_machine_has_cores(at_once: int) -> None:
+    expected = min(at_once, os.cpu_count() or 1)
     assert await _threads_of({"threads": at_once}) == expected
 
 

@@ -149,7 +149,11 @@ async def test_grouped_pages_with_metrics_are_the_same(aiohttp_client: Any, tmp_
     dataset = {**kinds_dataset("wh", "kinds", ["flag", "day"]), "metrics": metrics, "key": []}
     backend = {"type": "duckdb", "path": str(tmp_path / "kinds.duckdb")}
     client = await aiohttp_client(create_app(_config(backend, {"kinds": dataset}, page_size=2)))
-    for url in ["/odata/kinds", "/odata/kinds?$select=flag,total,mean,n,first&$orderby=n desc"]:
+    for url in [
+        "/odata/kinds",
+        "/odata/kinds?$select=flag,total,mean,n,first&$orderby=n desc",
+        "/odata/kinds?$select=n,total,day&$orderby=total",  # metrics named first
+    ]:
         by_python, by_database = await _both_ways(client, url)
         assert by_database == by_python and len(by_python) > 1
 

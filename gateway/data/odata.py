@@ -5,8 +5,10 @@ them, and ``/odata/{dataset}`` serves rows with ``$select $filter $orderby $top 
 $count`` pushed down into SQL, a page at a time. Every page but the last carries an
 ``@odata.nextLink`` whose signed ``$skiptoken`` holds the last row's position
 (`gateway.data.keyset`): page N costs what page 1 costs, and rows added between pages
-never make a row repeat or vanish. Pages go through the tenant-scoped response cache.
-Query options we do not implement answer 501, never a silently wrong result.
+never make a row repeat or vanish. A page's entities are written as JSON by the database
+wherever it can write them exactly as Python would (`gateway.data.odata_page`). Pages go
+through the tenant-scoped response cache. Query options we do not implement answer 501,
+never a silently wrong result.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from gateway.errors import BadRequest, Forbidden, NotFound, TollwayError
 from gateway.ops.request_usage import usage_key
 from gateway.routing import RouteDef, RouteSpec
 
-__all__ = ["routes", "setup", "skip_tokens_key"]  # skip_tokens_key: from odata_page
+__all__ = ["routes", "setup", "skip_tokens_key"]
 
 _log = logging.getLogger("tollway.odata")
 _JSON: Final = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible="

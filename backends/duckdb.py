@@ -10,10 +10,11 @@ Options: ``path`` (a file, or ``:memory:``), ``threads`` (queries at once, defau
 as ``threads``, but no more than the machine's cores), ``memory_limit`` (e.g. ``"1GB"``),
 ``demo`` (true: create the demo warehouse in memory).
 
-Past the cores, a query's parallel tasks only compete with each other and every query
+Past the cores, a query's parallel tasks only compete with each other, and every query
 pays for waking the workers. A gateway answering many small queries (OData pages) may
-set ``query_threads: 1``: on two cores a 5,000-row page then costs about 8 ms of CPU
-instead of 10 ms with two workers, in the same time; a big scan then runs on one core.
+set ``query_threads: 1``: on two cores, serving 5,000-row pages took about 8 ms of CPU a
+page with one thread and 10 ms with two, for no gain in time; a big scan then runs on
+one core.
 """
 
 from __future__ import annotations

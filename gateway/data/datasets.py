@@ -74,6 +74,14 @@ class Dataset:
     """Each field's backend type, once described (see `gateway.data.schema`)."""
     not_null: frozenset[str] = frozenset()
     """Fields the backend says can never be null, once described."""
+    session: dict[str, str] = field(default_factory=dict)
+    """The backend session's settings that shape values written as text (DuckDB's
+    ``TimeZone``, Postgres's ``extra_float_digits``), once described."""
+    render_in_database: bool = True
+    """Whether OData pages may be written as JSON by the database
+    (`gateway.data.odata_json`); else, and where it cannot, Python writes them."""
+    _built: dict[tuple[Any, ...], tuple[str, list[Any]]] = field(default_factory=dict, repr=False)
+    """The SQL of recent query shapes (`build`)."""
 
     @classmethod
     def from_config(cls, config: DatasetConfig, dialect: str) -> Dataset:
@@ -158,7 +166,33 @@ class Dataset:
     def build(
         self, query: DatasetQuery, tenant: str | None, *, limit_override: int | None = None
     ) -> tuple[str, list[Any]]:
-        """The SQL for `query` in this dataset's dialect, and its bound parameters."""
+        """The SQL for `query` in this dataset's dialect, and its bound parameters.
+
+        Once the fields are described, the SQL of each query shape is kept (the pages of
+        one read differ only in their position, a parameter): the shape is everything but
+        the tenant and the position's values, which are filled in per call.
+        """
+        if limit_override is not None or not self.types:
+            return self._build(query, tenant, limit_override=limit_override)
+        key = (
+            query.dimensions, query.metrics, repr(query.where), query.where_param,
+            query.order_by, query.limit, query.offset, _nulls(query.after),
+            _nulls(query.until), query.count_only, tenant is None,
+        )  # fmt: skip
+        built = self._built.get(key)
+        if built is None:
+            slots = _Slots(query, tenant)
+            built = self._build(slots.query, slots.tenant)
+            while len(self._built) >= _BUILT_KEPT:
+                del self._built[next(iter(self._built))]
+            self._built[key] = built
+        sql, template = built
+        values = _Slots.values(query, tenant)
+        return sql, [values[p.index] if isinstance(p, _Slot) else p for p in template]
+
+    def _build(
+        self, query: DatasetQuery, tenant: Any, *, limit_override: int | None = None
+    ) -> tuple[str, list[Any]]:
         params: list[Any] = []
 
         def bind(value: Any) -> exp.Expr:
@@ -229,6 +263,48 @@ class Dataset:
 
     def _touches_metric(self, names: set[str]) -> bool:
         return any(self.fields[n].kind == "metric" for n in names if n in self.fields)
+
+
+_BUILT_KEPT: Final = 256
+"""Query shapes whose SQL a dataset keeps (the oldest goes first)."""
+
+
+class _Slot:
+    """A parameter of a kept statement filled per call: the tenant or a position value."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+class _Slots:
+    """`query` and `tenant` with slots where their values go."""
+
+    def __init__(self, query: DatasetQuery, tenant: str | None) -> None:
+        counter = iter(range(1_000_000))
+
+        def slotted(values: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+            if values is None:
+                return None
+            return tuple(None if v is None else _Slot(next(counter)) for v in values)
+
+        self.tenant = None if tenant is None else _Slot(next(counter))
+        after, until = slotted(query.after), slotted(query.until)
+        fields = {name: getattr(query, name) for name in query.__dataclass_fields__}
+        self.query = DatasetQuery(**{**fields, "after": after, "until": until})
+
+    @staticmethod
+    def values(query: DatasetQuery, tenant: str | None) -> list[Any]:
+        """The values for the slots, in the order `_Slots` numbered them."""
+        values: list[Any] = [] if tenant is None else [tenant]
+        for position in (query.after, query.until):
+            values += [v for v in position or () if v is not None]
+        return values
+
+
+def _nulls(values: tuple[Any, ...] | None) -> tuple[bool, ...] | None:
+    return None if values is None else tuple(v is None for v in values)
 
 
 def _expression(text: str, dialect: str, where: str) -> exp.Expr:

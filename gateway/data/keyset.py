@@ -31,7 +31,7 @@ from sqlglot import exp
 
 from gateway.errors import BadRequest
 
-__all__ = ["SkipTokens", "SortKey", "binding_digest", "seek", "through"]
+__all__ = ["Opened", "SkipTokens", "SortKey", "binding_digest", "seek", "through"]
 
 _MAC_BYTES: Final = 16
 _START_OVER: Final = "start the read again from the first page (the URL without $skiptoken)"
@@ -107,6 +107,18 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """What a genuine token says."""
+
+    position: list[Any]
+    delivered: int
+    """Rows served before this position (``$top`` counts across pages)."""
+    span: int | None
+    """How far an integer first sort key moved over the previous page: a guess of where
+    the next page ends, so a scan can skip to it without first finding it."""
+
+
 class SkipTokens:
     """Issues and opens signed ``$skiptoken`` values; the first secret signs."""
 
@@ -118,12 +130,21 @@ class SkipTokens:
     def _mac(self, secret: bytes, payload: bytes) -> bytes:
         return hmac.new(secret, payload, hashlib.sha256).digest()[:_MAC_BYTES]
 
-    def issue(self, binding: str, position: Sequence[Any], delivered: int) -> str:
-        payload = orjson.dumps({"b": binding, "k": [_encode(v) for v in position], "n": delivered})
+    def issue(
+        self, binding: str, position: Sequence[Any], delivered: int, span: int | None = None
+    ) -> str:
+        """A token for the rows after `position`; `span`, when given, is how far the
+        first sort key moved over the page just served (where the next page probably
+        ends: `Opened.span`)."""
+        data: dict[str, Any] = {"b": binding, "k": [_encode(v) for v in position], "n": delivered}
+        if span is not None:
+            data["w"] = span
+        payload = orjson.dumps(data)
         return f"{_b64(payload)}.{_b64(self._mac(self._secrets[0], payload))}"
 
-    def open(self, token: str, binding: str) -> tuple[list[Any], int]:
-        """The position and rows delivered so far; 400 telling the client to start over."""
+    def open(self, token: str, binding: str) -> Opened:
+        """The position, rows delivered so far and span; 400 telling the client to start
+        over."""
         body, _, mac = token.partition(".")
         try:
             payload, signature = _unb64(body), _unb64(mac)
@@ -138,12 +159,14 @@ class SkipTokens:
             data = orjson.loads(payload)
             position = [_decode(v) for v in data["k"]]
             delivered = int(data["n"])
+            span = data.get("w")
             issued_for = str(data["b"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, decimal.InvalidOperation):
             raise _refused("$skiptoken is malformed") from None
         if not hmac.compare_digest(issued_for, binding):
             raise _refused("$skiptoken belongs to another query, dataset or key")
-        return position, delivered
+        fits = isinstance(span, int) and not isinstance(span, bool) and span >= 0
+        return Opened(position, delivered, span if fits else None)
 
 
 def _refused(why: str) -> BadRequest:

@@ -5,32 +5,30 @@ them, and ``/odata/{dataset}`` serves rows with ``$select $filter $orderby $top 
 $count`` pushed down into SQL, a page at a time. Every page but the last carries an
 ``@odata.nextLink`` whose signed ``$skiptoken`` holds the last row's position
 (`gateway.data.keyset`): page N costs what page 1 costs, and rows added between pages
-never make a row repeat or vanish. Pages go through the tenant-scoped response cache.
-Query options we do not implement answer 501, never a silently wrong result.
+never make a row repeat or vanish. A page's entities are written as JSON by the database
+wherever it can write them exactly as Python would (`gateway.data.odata_page`). Pages go
+through the tenant-scoped response cache. Query options we do not implement answer 501,
+never a silently wrong result.
 """
 
 from __future__ import annotations
 
-import decimal
 import functools
 import logging
 import secrets
-from typing import Any, Final
-from urllib.parse import urlencode
+from typing import Final
 
-import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.cache.cached import cached, rows_guarded_entry
 from gateway.config import config_key
 from gateway.data.datasets import Dataset, DatasetQuery
-from gateway.data.edm import edm_type
-from gateway.data.filter_tree import EDM_INT64
 from gateway.data.keyset import SkipTokens, binding_digest
 from gateway.data.odata_limits import admit
 from gateway.data.odata_metadata import metadata_xml
-from gateway.data.odata_options import FeedQuery, check_version, ieee754, page_size, read_options
+from gateway.data.odata_options import check_version, ieee754, page_size, read_options
+from gateway.data.odata_page import feed_json, page_response, skip_tokens_key
 from gateway.data.routes import datasets_key, describe_dataset
 from gateway.data.runner import run_dataset_query
 from gateway.edge.principal import principal_key
@@ -42,8 +40,6 @@ __all__ = ["routes", "setup", "skip_tokens_key"]
 
 _log = logging.getLogger("tollway.odata")
 _JSON: Final = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible="
-
-skip_tokens_key: web.AppKey[SkipTokens] = web.AppKey("skip_tokens", SkipTokens)
 
 
 def setup(app: web.Application) -> None:
@@ -57,26 +53,6 @@ def setup(app: web.Application) -> None:
         )
     keys = [s.encode() for s in configured] or [secrets.token_bytes(32)]
     app[skip_tokens_key] = SkipTokens(keys)
-
-
-def _json(data: Any, *, as_strings: bool = False) -> web.Response:
-    # Naive timestamps are UTC: orjson writes them with +00:00, as Edm.DateTimeOffset needs.
-    body = orjson.dumps(
-        data, default=_value_as_string if as_strings else _value, option=orjson.OPT_NAIVE_UTC
-    )
-    return web.Response(body=body, content_type="application/json")
-
-
-def _value(value: Any) -> Any:
-    if isinstance(value, decimal.Decimal):
-        return orjson.Fragment(format(value, "f")) if value.is_finite() else None
-    return str(value)
-
-
-def _value_as_string(value: Any) -> Any:
-    if isinstance(value, decimal.Decimal):
-        return format(value, "f") if value.is_finite() else None
-    return str(value)
 
 
 def _decorate(response: web.StreamResponse, *, as_strings: bool, applied: int | None) -> None:
@@ -107,7 +83,7 @@ def _dataset(request: web.Request) -> Dataset:
 
 async def service_document(request: web.Request) -> web.Response:
     check_version(request)
-    response = _json(
+    response = feed_json(
         {
             "@odata.context": _root(request) + "$metadata",
             "value": [{"name": n, "kind": "EntitySet", "url": n} for n in _visible(request)],
@@ -138,18 +114,16 @@ async def entity_set(request: web.Request) -> web.StreamResponse:
     as_strings = ieee754(request)
     tenant = request[principal_key].tenant
     binding = binding_digest(dataset.config.name, dataset.version, tenant, feed.normalised)
-    after: tuple[Any, ...] | None = None
-    delivered = 0
+    opened = None
     if feed.skiptoken is not None:
-        position, delivered = request.app[skip_tokens_key].open(feed.skiptoken, binding)
-        after = tuple(position)
-        if len(after) != len(feed.orders):
+        opened = request.app[skip_tokens_key].open(feed.skiptoken, binding)
+        if len(opened.position) != len(feed.orders):
             raise BadRequest("$skiptoken does not fit this query: start again", param="$skiptoken")
 
     request[usage_key].model = dataset.config.name
 
     async def produce() -> web.Response:
-        return await _page(request, dataset, feed, page, after, delivered, binding, as_strings)
+        return await page_response(request, dataset, feed, page, opened, binding, as_strings)
 
     parts = (
         dataset.config.name, dataset.version, feed.normalised, feed.skip, feed.skiptoken,
@@ -158,96 +132,6 @@ async def entity_set(request: web.Request) -> web.StreamResponse:
     response = await cached(request, "odata", parts, produce, storable=rows_guarded_entry(request))
     _decorate(response, as_strings=as_strings, applied=applied)
     return response
-
-
-async def _page(
-    request: web.Request,
-    dataset: Dataset,
-    feed: FeedQuery,
-    page: int,
-    after: tuple[Any, ...] | None,
-    delivered: int,
-    binding: str,
-    as_strings: bool,
-) -> web.Response:
-    remaining = None if feed.top is None else max(0, feed.top - delivered)
-    limit = page if remaining is None else min(page, remaining)
-    dims = tuple(c for c in feed.chosen if c in dataset.dimensions)
-    metrics = tuple(c for c in feed.chosen if c in dataset.metrics)
-    query = DatasetQuery(
-        dims, metrics, feed.where, "$filter", feed.orders, limit + 1,
-        0 if after is not None else feed.skip, after,
-    )  # fmt: skip
-    if dataset.bounded_pages(query):
-        query = await _bounded(request, dataset, query, limit)
-    result = await run_dataset_query(request, dataset, query)
-    rows = result.rows
-    more = len(rows) > limit or result.too_large  # a page cut by size continues on the next
-    rows = rows[:limit]
-    request[usage_key].rows = len(rows)
-    names = [c.name for c in result.columns]
-    context = _root(request) + f"$metadata#{dataset.config.name}"
-    if feed.normalised["select"] != [*dataset.dimensions, *dataset.metrics]:
-        context += f"({','.join(feed.chosen)})"
-    body: dict[str, Any] = {"@odata.context": context}
-    if feed.with_count:
-        counted = await run_dataset_query(
-            request, dataset, DatasetQuery(dims, metrics, feed.where, "$filter", count_only=True)
-        )
-        body["@odata.count"] = int(counted.rows[0][0])
-    body["value"] = _entities(dataset, names, rows, as_strings)
-    left = None if remaining is None else remaining - len(rows)
-    if more and rows and (left is None or left > 0):
-        last = rows[-1]
-        position = [last[names.index(order.field)] for order in feed.orders]
-        token = request.app[skip_tokens_key].issue(binding, position, delivered + len(rows))
-        body["@odata.nextLink"] = _next_link(request, token)
-    return _json(body, as_strings=as_strings)
-
-
-async def _bounded(
-    request: web.Request, dataset: Dataset, query: DatasetQuery, limit: int
-) -> DatasetQuery:
-    """`query` with an upper bound: the sort key of the row just after this page."""
-    keys = tuple(o.field for o in query.order_by)
-    probe = DatasetQuery(
-        keys, (), query.where, query.where_param, query.order_by, 1, query.offset + limit,
-        query.after,
-    )  # fmt: skip
-    found = await run_dataset_query(request, dataset, probe)
-    if not found.rows:
-        return query
-    return DatasetQuery(**{**_fields(query), "until": tuple(found.rows[0])})
-
-
-def _fields(query: DatasetQuery) -> dict[str, Any]:
-    return {name: getattr(query, name) for name in query.__dataclass_fields__}
-
-
-def _entities(
-    dataset: Dataset, names: list[str], rows: Any, as_strings: bool
-) -> list[dict[str, Any]]:
-    """Rows as entities: every property present; with IEEE754Compatible, Int64 as text."""
-    if not as_strings:
-        return [dict(zip(names, row, strict=True)) for row in rows]
-    edms = [edm_type(dataset.types.get(n))[0] for n in names]
-    integers = [i for i, edm in enumerate(edms) if edm == EDM_INT64]
-    entities = []
-    for row in rows:
-        entity = dict(zip(names, row, strict=True))
-        for index in integers:
-            if row[index] is not None:
-                entity[names[index]] = str(row[index])
-        entities.append(entity)
-    return entities
-
-
-def _next_link(request: web.Request, token: str) -> str:
-    key_param = request.app[config_key].odata.key_param
-    dropped = {"$skip", "$skiptoken", key_param}
-    query = {k: v for k, v in request.query.items() if k.lower() not in dropped and k != key_param}
-    query["$skiptoken"] = token
-    return str(request.url.with_query(None)) + "?" + urlencode(query, safe="$,'():")
 
 
 async def count(request: web.Request) -> web.StreamResponse:

@@ -23,8 +23,10 @@ _log = logging.getLogger("tollway.data")
 
 
 async def run_sql(
-    request: web.Request, guard: Guard[Any], sql: str, params: list[Any]
+    request: web.Request, guard: Guard[Any], sql: str, params: list[Any], *, bounded: bool = True
 ) -> QueryResult:
+    """Run `sql` on `guard`'s backend; with `bounded`, fetching stops at the backend's
+    ``max_response_bytes`` (a statement that bounds its own answer passes False)."""
     ctx = CallContext(request[request_id_key], request[principal_key].tenant)
     timeout_s = guard.config.timeout_s
     _log.debug("query", extra={"backend": guard.name, "sql": sql, "params": len(params)})
@@ -33,7 +35,7 @@ async def run_sql(
 
     async def once() -> QueryResult:
         result: QueryResult = await guard.backend.query(
-            sql, params, ctx, timeout_s=timeout_s, max_bytes=max_bytes
+            sql, params, ctx, timeout_s=timeout_s, max_bytes=max_bytes if bounded else None
         )
         return result
 

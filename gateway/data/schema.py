@@ -1,5 +1,7 @@
 """What the backend says about a dataset's fields: their types and whether they can be
-null. Asked once per dataset (a query that returns no rows, and the catalog), then kept.
+null, and the session setting that shapes values written as text in SQL (DuckDB's time
+zone, Postgres's float digits). Asked once per dataset (a query that returns no rows, the
+catalog, the setting), then kept.
 
 A field is declared non-null only when that is proven: a plain column the catalog marks
 ``NOT NULL`` (Postgres ``attnotnull``, DuckDB ``is_nullable = false``), a cast of one, or
@@ -35,6 +37,10 @@ _NOT_NULL_SQL: Final = {
 }
 
 
+_SESSION_SETTINGS: Final = {"duckdb": "TimeZone", "postgres": "extra_float_digits"}
+"""The setting of each backend's session that shapes values written as text in SQL."""
+
+
 async def describe(dataset: Dataset, run: Run) -> dict[str, str]:
     """Each field's backend type (and, on the way, which fields are never null)."""
     if dataset.types:
@@ -47,8 +53,20 @@ async def describe(dataset: Dataset, run: Run) -> dict[str, str]:
         for name, definition in dataset.fields.items()
         if _never_null(definition.expression, columns)
     )
+    dataset.session = await _session(dataset, run)
     dataset.types.update({c.name: c.type for c in result.columns})
     return dataset.types
+
+
+async def _session(dataset: Dataset, run: Run) -> dict[str, str]:
+    setting = _SESSION_SETTINGS.get(dataset.dialect)
+    if setting is None:
+        return {}
+    try:
+        result = await run(f"SELECT current_setting('{setting}')", [])
+    except TollwayError:  # unknown: the values it shapes are written in Python
+        return {}
+    return {setting: str(result.rows[0][0])} if result.rows else {}
 
 
 async def _not_null_columns(dataset: Dataset, run: Run) -> frozenset[str]:

@@ -157,7 +157,9 @@ def rows_bytes(rows: Sequence[Sequence[Any]]) -> int:
     for index in range(width):
         sample = next((row[index] for row in rows if row[index] is not None), None)
         if isinstance(sample, _SIZED):
-            total += sum(len(row[index]) for row in rows if row[index] is not None)
+            # a column may mix text with other values (a date Python cannot hold comes as
+            # text among dates): only the text is measured
+            total += sum(len(v) for row in rows if isinstance(v := row[index], _SIZED))
         elif isinstance(sample, _NESTED):
             total += sum(len(str(row[index])) for row in rows if row[index] is not None)
     return total

@@ -290,3 +290,12 @@ async def test_a_client_that_goes_away_interrupts_duckdb(aiohttp_client: Any) ->
 async def query_on(client: TestClient, sql: str) -> tuple[int, Any]:
     response = await client.post("/v1/query", json={"backend": "wh", "sql": sql}, headers=AUTH)
     return response.status, await response.json()
+
+
+def test_a_column_mixing_text_with_dates_is_measured_without_failing() -> None:
+    import datetime as dt
+
+    from backends.base import rows_bytes
+
+    rows = [("-0044-03-15",), (dt.date(2024, 1, 2),), (None,)]  # a BC date comes as text
+    assert rows_bytes(rows) == 3 * 24 + len("-0044-03-15")

@@ -30,7 +30,7 @@ from gateway.llm.sse_relay import (
     StreamState,
     error_frame,
 )
-from gateway.llm.stream_io import DRAIN_S, drain, end, write
+from gateway.llm.stream_io import DRAIN_S, drain, end, outcome, write
 from gateway.llm.targets import call_context, request_deadline, start_stream
 from gateway.llm.usage import record_usage
 from gateway.ops.metrics import metrics_key
@@ -99,7 +99,7 @@ async def stream_chat(
             metrics.malformed_events.labels(target.guard.name).inc(state.malformed)
         # Recorded before the drain: a client that hangs up after [DONE] cancels the
         # handler there, and must not turn a completed stream into a failed one.
-        usage.outcome, usage.status = _outcome(state, failure, client_gone)
+        usage.outcome, usage.status = outcome(failure, ended=state.done, client_gone=client_gone)
         record_usage(request, target, time.perf_counter() - started, *state.tokens())
         if state.done:
             drain_s = getattr(target.guard.backend, "done_drain_s", DRAIN_S)
@@ -109,19 +109,6 @@ async def stream_chat(
             entry = CacheEntry(200, "text/event-stream", b"".join(sent), time.time())
             await request.app[response_cache_key].store(cache_as, entry)
     return response
-
-
-def _outcome(
-    state: StreamState, failure: TollwayError | None, client_gone: bool
-) -> tuple[str, int]:
-    """How the stream ended for its client, and the status that records it."""
-    if isinstance(failure, ShuttingDown):
-        return "shutdown", 503
-    if failure is not None:
-        return "upstream_failed", 502
-    if state.done and not client_gone:
-        return "completed", 200
-    return "client_gone", 499
 
 
 async def _relay(

@@ -22,7 +22,7 @@ from gateway.edge.request_id import request_id_key
 from gateway.errors import BackendError, BackendUnavailable, ShuttingDown, TollwayError
 from gateway.llm.api_usage import TokenUsage
 from gateway.llm.model_router import Target
-from gateway.llm.stream_io import end, write
+from gateway.llm.stream_io import end, outcome, write
 from gateway.llm.targets import fallback_reason, note_fallback, request_deadline
 from gateway.ops.metrics import metrics_key
 from gateway.ops.request_usage import usage_key
@@ -133,20 +133,10 @@ async def relay_events(
             await write(response, state.error_frames(failure, request.get(request_id_key)))
         client_gone = not await end(response) or client_gone
     usage = request[usage_key]
-    usage.outcome, usage.status = _outcome(state, failure, client_gone)
+    usage.outcome, usage.status = outcome(
+        failure, ended=state.ended, client_gone=client_gone, failed=state.failed
+    )
     return response, failure
-
-
-def _outcome(state: EventState, failure: TollwayError | None, client_gone: bool) -> tuple[
-    str, int
-]:  # fmt: skip
-    if isinstance(failure, ShuttingDown):
-        return "shutdown", 503
-    if failure is not None or state.failed:
-        return "upstream_failed", 502
-    if state.ended and not client_gone:
-        return "completed", 200
-    return "client_gone", 499
 
 
 async def _relay(

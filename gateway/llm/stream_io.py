@@ -9,9 +9,9 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from gateway.errors import BackendError
+from gateway.errors import BackendError, ShuttingDown, TollwayError
 
-__all__ = ["DRAIN_S", "drain", "end", "write"]
+__all__ = ["DRAIN_S", "drain", "end", "outcome", "write"]
 
 DRAIN_S: Final = 0.5
 """How long to read on after an answer's last event for the upstream to end it, for a
@@ -48,3 +48,18 @@ async def drain(events: AsyncIterator[Any], limit_s: float = DRAIN_S) -> None:
                 pass
     except (TimeoutError, BackendError):
         pass
+
+
+def outcome(
+    failure: TollwayError | None, *, ended: bool, client_gone: bool, failed: bool = False
+) -> tuple[str, int]:
+    """How a stream ended for its client, and the status its usage record carries: what
+    the client saw, not what the upstream did. `ended`: the answer's own end was sent;
+    `failed`: the upstream's own error event was relayed."""
+    if isinstance(failure, ShuttingDown):
+        return "shutdown", 503
+    if failure is not None or failed:
+        return "upstream_failed", 502
+    if ended and not client_gone:
+        return "completed", 200
+    return "client_gone", 499

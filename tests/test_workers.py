@@ -27,33 +27,40 @@ def _get(url: str) -> bytes:
         return bytes(response.read())
 
 
-def test_two_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
+def _start_two_workers(tmp_path: Path) -> tuple[subprocess.Popen[str], Path, int]:
     port = _free_port()
     data = base_config_data()
     data["server"]["port"] = port
     data["state"] = f"sqlite:///{tmp_path / 'state.db'}"
     config = tmp_path / "tollway.yaml"
     config.write_text(yaml.safe_dump(data))
+    log = tmp_path / "stderr.log"
     parent = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--workers", "2", "--config", str(config)],
         env={**os.environ, "PYTHONPATH": os.getcwd()},
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("w"),
         text=True,
     )
+    return parent, log, port
+
+
+def _wait_for_both(parent: subprocess.Popen[str], log: Path) -> list[str]:
+    """Both workers serving (one still starting would die of a SIGTERM before it could
+    print or drain); their pids."""
+    deadline = time.monotonic() + 30
+    while log.read_text().count('"message":"listening"') < 2:
+        assert time.monotonic() < deadline, "the workers never came up"
+        time.sleep(0.05)
+    return subprocess.run(
+        ["pgrep", "-P", str(parent.pid)], capture_output=True, text=True
+    ).stdout.split()
+
+
+def test_two_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
+    parent, log, port = _start_two_workers(tmp_path)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                _get(f"http://127.0.0.1:{port}/health/live")
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "never came up"
-                time.sleep(0.05)
-        time.sleep(0.5)  # let the second worker finish starting too
-        workers = subprocess.run(
-            ["pgrep", "-P", str(parent.pid)], capture_output=True, text=True
-        ).stdout.split()
+        workers = _wait_for_both(parent, log)
         assert len(workers) == 2
         for _ in range(20):
             _get(f"http://127.0.0.1:{port}/openapi.json")
@@ -69,6 +76,20 @@ def test_two_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
                 not Path(f"/proc/{pid}").exists()
                 or "zombie" in Path(f"/proc/{pid}/status").read_text()
             )
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def test_a_worker_killed_by_a_signal_fails_the_parent(tmp_path: Path) -> None:
+    parent, log, _port = _start_two_workers(tmp_path)
+    try:
+        workers = _wait_for_both(parent, log)
+        os.kill(int(workers[1]), signal.SIGKILL)
+        time.sleep(0.2)
+        parent.send_signal(signal.SIGTERM)
+        parent.communicate(timeout=20)
+        assert parent.returncode == 128 + signal.SIGKILL
     finally:
         if parent.poll() is None:
             parent.kill()

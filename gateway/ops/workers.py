@@ -53,4 +53,5 @@ def run_workers(config_path: str | None, workers: int, demo_key: str | None) -> 
         codes = [child.wait() for child in children]
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
-    return max(codes, default=0)
+    # A worker killed by a signal has a negative code: the parent fails for it too.
+    return max((code if code >= 0 else 128 - code for code in codes), default=0)

@@ -23,11 +23,17 @@ Connection = duckdb.DuckDBPyConnection
 
 
 def open_database(
-    path: str, *, query_threads: int, memory_limit: str | None, demo: bool
+    path: str,
+    *,
+    query_threads: int,
+    memory_limit: str | None,
+    demo: bool,
+    temp_directory: str | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """A connection no query can use to reach the host: external access (files, network,
     extensions) off and the configuration locked. A file that exists opens read-only.
-    Raises `duckdb.Error` when the database cannot be opened."""
+    DuckDB spills to `temp_directory` (default: its own choice, ``.tmp`` beside an
+    in-memory database). Raises `duckdb.Error` when the database cannot be opened."""
     in_memory = path == ":memory:"
     read_only = not in_memory and Path(path).exists()
     config: dict[str, Any] = {
@@ -38,6 +44,8 @@ def open_database(
     }
     if memory_limit:
         config["memory_limit"] = memory_limit
+    if temp_directory:
+        config["temp_directory"] = temp_directory
     connection = duckdb.connect(path, read_only=read_only, config=config)
     if demo:
         create_demo_tables(connection)

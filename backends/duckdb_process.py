@@ -4,7 +4,8 @@
 sends it its settings and waits for it to open its database. The worker dies with the
 gateway (``PR_SET_PDEATHSIG``) and when its socket closes; `stop` closes the socket, waits
 for the exit and kills what does not leave, so no child outlives a backend and none is
-left unreaped.
+left unreaped. Each worker spills to a directory of its own, removed once it has exited:
+a worker killed mid-query leaves no spill files behind.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
@@ -50,15 +53,18 @@ class Worker:
         process: asyncio.subprocess.Process,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        spill: str,
     ) -> None:
         self.process = process
         self.pid = process.pid
+        self.spill = spill
         self._reader = reader
         self._writer = writer
 
     @classmethod
     async def start(cls, settings: WorkerSettings) -> Worker:
         ours, theirs = socket.socketpair()
+        spill = tempfile.mkdtemp(prefix="tollway-duckdb-")
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -72,12 +78,18 @@ class Worker:
             )
         except OSError as exc:
             ours.close()
+            shutil.rmtree(spill, ignore_errors=True)
             raise WorkerStartFailed(f"could not start: {type(exc).__name__}") from None
         finally:
             theirs.close()
-        reader, writer = await asyncio.open_connection(sock=ours)
-        worker = cls(process, reader, writer)
-        worker.send(0, ("open", asdict(settings)))
+        try:
+            reader, writer = await asyncio.open_connection(sock=ours)
+        except BaseException:
+            ours.close()
+            process.kill()
+            raise
+        worker = cls(process, reader, writer, spill)
+        worker.send(0, ("open", {**asdict(settings), "temp_directory": spill}))
         try:
             async with asyncio.timeout(_START_TIMEOUT_S):
                 _, payload = await read_frame(reader)
@@ -85,6 +97,10 @@ class Worker:
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, FrameError):
             await worker.stop()
             raise WorkerStartFailed("the worker did not start") from None
+        except BaseException:  # cancelled while it started: it must not outlive us
+            worker.kill()
+            writer.close()
+            raise
         if answer[0] != "ready":
             await worker.stop()
             raise WorkerStartFailed(f"could not open its database: {answer[1]}")
@@ -123,3 +139,4 @@ class Worker:
         except TimeoutError:
             self.kill()
             await self.process.wait()
+        shutil.rmtree(self.spill, ignore_errors=True)

@@ -43,6 +43,7 @@ def main(argv: list[str]) -> int:
             query_threads=settings["query_threads"],
             memory_limit=settings["memory_limit"],
             demo=settings["demo"],
+            temp_directory=settings["temp_directory"],
         )
     except duckdb.Error as exc:
         sock.sendall(b"".join(encode(0, ("open_failed", type(exc).__name__))))

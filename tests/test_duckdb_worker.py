@@ -147,7 +147,7 @@ async def test_duckdb_out_of_its_memory_limit_answers_backend_out_of_memory() ->
 
 
 async def test_a_query_past_the_worker_cap_answers_502_and_the_next_query_works(
-    aiohttp_client: Any,
+    aiohttp_client: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     wh = {
         "type": "duckdb",
@@ -172,6 +172,8 @@ async def test_a_query_past_the_worker_cap_answers_502_and_the_next_query_works(
         "/v1/query", json={"backend": "wh", "sql": "SELECT 42 AS a"}, headers=headers
     )
     assert response.status == 200 and (await response.json())["rows"] == [[42]]
+    killed = [r for r in caplog.records if r.getMessage() == "duckdb worker killed: out of memory"]
+    assert len(killed) == 1 and killed[0].cap_mb == 200
 
 
 async def test_a_caller_error_answers_400(aiohttp_client: Any) -> None:

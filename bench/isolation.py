@@ -21,15 +21,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import duckdb
 from aiohttp import web
 
 from bench._procs import Server, children, rss_mb, start
-from bench.odata import DUCKDB_TABLE, dataset
 
 KEY = "tw_bench-isolation-0123456789abcdefghijkl"
 HEADERS = {"Authorization": f"Bearer {KEY}", "Accept-Encoding": "identity"}
 MODES = ("in-process", "isolated")
+SALES = {
+    "backend": "duck", "table": "sales", "tenant_column": "tenant_id", "key": ["id"],
+    "dimensions": {n: n for n in ("id", "region", "product", "amount", "ordered_at", "qty")},
+    "metrics": {},
+}  # fmt: skip
+"""`bench.odata`'s dataset, written out: the gateways' processes import this module, and
+`bench.odata` would load DuckDB into both."""
 
 
 def isolation_app(path: str, isolated: bool) -> web.Application:
@@ -52,7 +57,7 @@ def isolation_app(path: str, isolated: bool) -> web.Application:
             "cache": {"routes": []},  # the database every time, not the cache
             "odata": {"page_size": 5000},
             "backends": {"duck": backend},
-            "datasets": {"sales": dataset("duck", "sales")},
+            "datasets": {"sales": SALES},
             "keys": [
                 {
                     "id": "bench",
@@ -95,6 +100,10 @@ async def run(argv: list[str]) -> None:
     parser.add_argument("--pages", type=int, default=100, help="5,000-row pages per gateway")
     parser.add_argument("--rows", type=int, default=50_000)
     args = parser.parse_args(argv)
+    import duckdb  # here: not in the gateways, which import this module
+
+    from bench.odata import DUCKDB_TABLE
+
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "sales.duckdb"
         with duckdb.connect(str(path)) as connection:

@@ -130,7 +130,7 @@ def gateway_config(
 
     # The demo warehouse as the embedded default (`make run`) configures it.
     # (isolated in a worker process; `--data duckdb-in-process` runs DuckDB in the gateway)
-    demo = embedded_config_data({"TOLLWAY_DEMO_KEY": KEY})[0]["backends"]["demo"]
+    demo = embedded_config_data({"TOLLWAY_DEMO_KEY": KEY}).data["backends"]["demo"]
     if in_process:
         demo = {k: v for k, v in demo.items() if k not in ("isolated", "worker_memory_mb")}
     warehouse: dict[str, Any] = (

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["Server", "cpu_seconds", "rss_mb", "start"]
+__all__ = ["Server", "children", "cpu_seconds", "rss_mb", "start"]
 
 AppFactory = Callable[..., web.Application]
 
@@ -71,3 +71,19 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a gateway's DuckDB worker)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == pid:
+            found.append(int(entry))
+    return found

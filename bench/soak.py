@@ -37,7 +37,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from bench._procs import rss_mb, start
+from bench._procs import children, rss_mb, start
 from bench.rolling import KEY, MODEL, _free_port, upstream_app
 
 __all__ = ["run"]
@@ -118,17 +118,23 @@ async def drop_postgres(dsn: str, url: str) -> None:
 
 
 def gateway_config(
-    folder: Path, port: int, upstream: str, data_dsn: str | None = None
+    folder: Path,
+    port: int,
+    upstream: str,
+    data_dsn: str | None = None,
+    *,
+    in_process: bool = False,
 ) -> dict[str, Any]:
     from gateway.config.defaults import embedded_config_data
     from gateway.config.keyhash import hash_key
 
     # The demo warehouse as the embedded default (`make run`) configures it.
-    demo = embedded_config_data({"TOLLWAY_DEMO_KEY": KEY})[0]["backends"]["demo"]
+    # (isolated in a worker process; `--data duckdb-in-process` runs DuckDB in the gateway)
+    demo = embedded_config_data({"TOLLWAY_DEMO_KEY": KEY}).data["backends"]["demo"]
+    if in_process:
+        demo = {k: v for k, v in demo.items() if k not in ("isolated", "worker_memory_mb")}
     warehouse: dict[str, Any] = (
-        {"type": "postgres", "dsn": data_dsn, "pool": {"min": 1, "max": 4}}
-        if data_dsn
-        else demo
+        {"type": "postgres", "dsn": data_dsn, "pool": {"min": 1, "max": 4}} if data_dsn else demo
     )
     return {
         "server": {"host": "127.0.0.1", "port": port, "log_level": "warning"},
@@ -233,7 +239,9 @@ async def run(argv: list[str]) -> None:
     parser.add_argument("--rate", type=float, default=100)
     parser.add_argument("--warmup", type=float, default=30)
     parser.add_argument("--tracemalloc", metavar="DIR", default=None)
-    parser.add_argument("--data", choices=("duckdb", "postgres"), default="duckdb")
+    parser.add_argument(
+        "--data", choices=("duckdb", "duckdb-in-process", "postgres"), default="duckdb"
+    )
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args(argv)
     args.data_dsn = await scratch_postgres(args.dsn) if args.data == "postgres" else None
@@ -251,7 +259,13 @@ def _gateway_command(
     args: argparse.Namespace, folder: Path, port: int, upstream: str
 ) -> tuple[list[str], dict[str, str]]:
     config = folder / "tollway.yaml"
-    config.write_text(yaml.safe_dump(gateway_config(folder, port, upstream, args.data_dsn)))
+    config.write_text(
+        yaml.safe_dump(
+            gateway_config(
+                folder, port, upstream, args.data_dsn, in_process=args.data == "duckdb-in-process"
+            )
+        )
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
     if args.tracemalloc:
@@ -275,7 +289,8 @@ async def _soak(args: argparse.Namespace, folder: Path, upstream: str) -> None:
     port = _free_port()
     gateway = await _start_gateway(args, folder, port, upstream)
     try:
-        tally, samples, rss_start, rss_end, elapsed = await _load(args, folder, port, gateway.pid)
+        loaded = await _load(args, folder, port, gateway.pid)
+        tally, samples, worker_samples, rss_start, rss_end, elapsed = loaded
     finally:
         if gateway.returncode is None:
             gateway.send_signal(signal.SIGTERM)
@@ -289,6 +304,10 @@ async def _soak(args: argparse.Namespace, folder: Path, upstream: str) -> None:
     print(f"RSS start {rss_start:.1f} MB, after warm-up {warm:.1f} MB, end {rss_end:.1f} MB,"
           f" max after warm-up {max(after or [rss_end]):.1f} MB;"
           f" growth after warm-up {100 * (rss_end - warm) / warm:+.1f} %")  # fmt: skip
+    if worker_samples and worker_samples[-1][1]:
+        workers_after = [rss for t, rss in worker_samples if t >= args.warmup] or [0.0]
+        print(f"DuckDB worker RSS first reading {worker_samples[0][1]:.1f} MB, after warm-up"
+              f" {workers_after[0]:.1f} MB, last {worker_samples[-1][1]:.1f} MB")  # fmt: skip
     if len(after) >= 12:  # single readings swing by a few MB: compare minutes
         first, last = sum(after[:6]) / 6, sum(after[-6:]) / 6
         print(f"RSS mean of the first minute after warm-up {first:.1f} MB, of the last minute"
@@ -301,11 +320,12 @@ async def _soak(args: argparse.Namespace, folder: Path, upstream: str) -> None:
 
 async def _load(
     args: argparse.Namespace, folder: Path, port: int, pid: int
-) -> tuple[Tally, list[tuple[float, float]], float, float, float]:
+) -> tuple[Tally, list[tuple[float, float]], list[tuple[float, float]], float, float, float]:
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {KEY}"}
     tally = Tally()
     samples: list[tuple[float, float]] = []
+    worker_samples: list[tuple[float, float]] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
         for _ in range(2400):  # up to two minutes (far slower under tracemalloc)
             try:
@@ -335,9 +355,13 @@ async def _load(
             if now >= next_report:
                 rss = rss_mb(pid)
                 samples.append((now - started, rss))
+                workers = [rss_mb(child) for child in children(pid)]
+                worker_samples.append((now - started, sum(workers)))
+                in_workers = f" worker {sum(workers):6.1f} MB" if workers else ""
                 rows = await asyncio.to_thread(_usage_rows, folder / "state.db")
                 print(
                     f"t={now - started:5.0f}s RSS {rss:6.1f} MB (anonymous {anon_mb(pid):5.1f})"
+                    f"{in_workers}"
                     f"  sent {tally.sent}  answered {tally.answered}"
                     f"  errors {sum(tally.errors.values())}  usage rows {rows}"
                     f"  in flight {len(pending)}",
@@ -346,4 +370,5 @@ async def _load(
                 next_report += 10
             await asyncio.sleep(0.005)
         await asyncio.gather(*pending)
-        return tally, samples, rss_start, rss_mb(pid), time.monotonic() - started
+        rss_end = rss_mb(pid)
+        return tally, samples, worker_samples, rss_start, rss_end, time.monotonic() - started

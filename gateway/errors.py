@@ -21,7 +21,9 @@ Hierarchy::
         ├── BackendUnavailable        503 service_unavailable_error (reset, broken answer)
         │   ├── BackendUnreachable    503, refused, DNS, TLS or connect timeout: the whole backend
         │   ├── CircuitOpen           503, the breaker is open; the backend was not called
-        │   └── BackendOverloaded     503, the bulkhead is full; the backend was not called
+        │   ├── BackendOverloaded     503, the bulkhead is full; the backend was not called
+        │   └── BackendCrashed        502, the backend's process died with the call in flight
+        │       └── BackendOutOfMemory  502, the query needed more memory than the backend may use
         ├── OutboundLimited           429, the provider's quota would be exceeded
         ├── ResponseTooLarge          502, the answer would exceed max_response_bytes
         └── BackendTimeout            504 timeout_error
@@ -37,6 +39,8 @@ from typing import Any, ClassVar
 
 __all__ = [
     "BackendError",
+    "BackendCrashed",
+    "BackendOutOfMemory",
     "BackendOverloaded",
     "BackendTimeout",
     "BackendUnavailable",
@@ -246,6 +250,25 @@ class CircuitOpen(BackendUnavailable):
 
 class BackendOverloaded(BackendUnavailable):
     default_code = "backend_overloaded"
+    breaker_failure = False
+    retryable = False
+
+
+class BackendCrashed(BackendUnavailable):
+    """The process that ran the call (an isolated DuckDB worker) died before answering:
+    the call is lost, the backend starts again for the next one."""
+
+    status = 502
+    error_type = "upstream_error"
+    default_code = "backend_crashed"
+
+
+class BackendOutOfMemory(BackendCrashed):
+    """The query needed more memory than the backend may use (its ``memory_limit``, or its
+    worker's ``worker_memory_mb``, past which the worker is stopped). A fault of the query,
+    not of the backend: the breaker does not count it and trying again will not help."""
+
+    default_code = "backend_out_of_memory"
     breaker_failure = False
     retryable = False
 

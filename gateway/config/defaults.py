@@ -117,11 +117,20 @@ def embedded_config_data(env: Mapping[str, str]) -> EmbeddedDefault:
     """The default config for this environment, and the demo key it accepts."""
     # Workers of one `serve --workers N` share the key their parent made.
     demo_key = env.get("TOLLWAY_DEMO_KEY") or new_key()
-    # One DuckDB thread: every thread that runs DuckDB queries keeps allocator caches of
-    # its own, and with four the process grew for minutes under load (bench soak); the
-    # demo tables are small, so one query at a time costs nothing noticeable.
+    # DuckDB runs in a worker process: its allocator grows there, not in the gateway
+    # (bench soak: the gateway went from 108 to 130 MB with DuckDB in-process), and the
+    # worker is restarted past 512 MB. One DuckDB thread: every thread that runs DuckDB
+    # queries keeps allocator caches of its own; the demo tables are small, so one query
+    # at a time costs nothing noticeable.
     backends: dict[str, Any] = {
-        "demo": {"type": "duckdb", "demo": True, "timeout_s": 30, "threads": 1}
+        "demo": {
+            "type": "duckdb",
+            "demo": True,
+            "timeout_s": 30,
+            "threads": 1,
+            "isolated": True,
+            "worker_memory_mb": 512,
+        }
     }
     models: dict[str, Any] = {}
     found = []

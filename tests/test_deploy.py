@@ -350,6 +350,23 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+async def _wait_until_ready(
+    session: aiohttp.ClientSession, url: str, process: subprocess.Popen[bytes]
+) -> None:
+    """Prometheus may take seconds to open its port on a busy machine."""
+    deadline = time.monotonic() + 30
+    while True:
+        assert process.poll() is None, "prometheus exited"
+        try:
+            async with session.get(url) as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        assert time.monotonic() < deadline, "prometheus never became ready"
+        await asyncio.sleep(0.2)
+
+
 async def test_prometheus_answers_every_dashboard_expression(
     prometheus_binary: str, aiohttp_server: Any, aiohttp_client: Any, workdir: Path
 ) -> None:
@@ -416,6 +433,7 @@ async def test_prometheus_answers_every_dashboard_expression(
             await asyncio.sleep(1.2)
         answers: dict[str, Any] = {}
         async with aiohttp.ClientSession() as session:
+            await _wait_until_ready(session, f"http://127.0.0.1:{web_port}/-/ready", process)
             for expr in dashboard_expressions():
                 for _ in range(30):
                     response = await session.get(

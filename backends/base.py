@@ -18,11 +18,12 @@ Kinds:
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
+    "WORKER_EVENTS",
     "Backend",
     "BackendKind",
     "CallContext",
@@ -33,9 +34,11 @@ __all__ = [
     "LLMBackend",
     "OptionError",
     "QueryResult",
+    "RunsWorkers",
     "SQLBackend",
     "SearchBackend",
     "StreamHead",
+    "WorkerEvent",
     "reject_unknown_options",
     "rows_bytes",
     "sql_health",
@@ -180,6 +183,20 @@ class Backend(Protocol):
 
     async def health(self) -> Health:
         """A cheap reachability check, bounded in time (used by /health/ready)."""
+
+
+WorkerEvent = Literal["started", "out_of_memory", "stuck", "crashed"]
+"""A worker process started, or killed past its memory cap, killed because an interrupted
+query would not stop, or gone on its own."""
+WORKER_EVENTS: tuple[WorkerEvent, ...] = ("started", "out_of_memory", "stuck", "crashed")
+
+
+@runtime_checkable
+class RunsWorkers(Protocol):
+    """A backend whose work runs in child processes it restarts when they are lost."""
+
+    def report_worker_events(self, report: Callable[[str, WorkerEvent], None]) -> None:
+        """Have `report` called with the backend's name and each worker event."""
 
 
 class LLMBackend(Backend, Protocol):

@@ -17,11 +17,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from backends.base import BackendKind, CallContext, Column, Health, QueryResult, sql_health
+from backends.base import (
+    BackendKind,
+    CallContext,
+    Column,
+    Health,
+    QueryResult,
+    WorkerEvent,
+    sql_health,
+)
 from backends.duckdb_failures import Failure, error_of
 from backends.duckdb_frames import FrameError, decode
 from backends.duckdb_process import Worker, WorkerSettings, WorkerStartFailed
@@ -76,11 +84,19 @@ class IsolatedDuckDBBackend:
         self._starting = asyncio.Lock()
         self._ids = itertools.count(1)
         self._open = False
+        self._report: Callable[[str, WorkerEvent], None] | None = None
 
     @property
     def worker_pid(self) -> int | None:
         """The running worker's process id, if one runs."""
         return None if self._session is None else self._session.worker.pid
+
+    def report_worker_events(self, report: Callable[[str, WorkerEvent], None]) -> None:
+        self._report = report
+
+    def _tell(self, event: WorkerEvent) -> None:
+        if self._report is not None:
+            self._report(self.name, event)
 
     def worker_rss_bytes(self) -> int | None:
         """The running worker's resident memory, if one runs."""
@@ -160,6 +176,7 @@ class IsolatedDuckDBBackend:
             ]
             self._session = session
             _log.info("duckdb worker started", extra={"backend": self.name, "pid": worker.pid})
+            self._tell("started")
             return session
 
     def _abandon(self, query_id: int) -> None:
@@ -239,6 +256,9 @@ class IsolatedDuckDBBackend:
                 "duckdb worker stopped on its own; the next query starts another",
                 extra={"backend": self.name, "pid": session.worker.pid, "returncode": code},
             )
+            self._tell("crashed")
+        elif session.killed_for != "closing":
+            self._tell(session.killed_for)
         for answer in session.pending.values():
             if not answer.done():
                 answer.set_exception(self._lost(session.killed_for))

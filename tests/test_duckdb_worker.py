@@ -104,6 +104,8 @@ async def test_a_caller_going_away_interrupts_its_query(isolated: IsolatedDuckDB
 async def test_a_query_that_ignores_its_interrupt_gets_its_worker_restarted(
     isolated: IsolatedDuckDBBackend,
 ) -> None:
+    events: list[tuple[str, str]] = []
+    isolated.report_worker_events(lambda backend, event: events.append((backend, event)))
     pid = isolated.worker_pid
     assert pid is not None
     task = asyncio.ensure_future(isolated.query(LONG, [], CTX, timeout_s=0.5))
@@ -115,11 +117,14 @@ async def test_a_query_that_ignores_its_interrupt_gets_its_worker_restarted(
     assert _gone(pid)
     assert (await isolated.query("SELECT 1", [], CTX, timeout_s=5)).rows == [(1,)]
     assert isolated.worker_pid not in (None, pid)
+    assert events == [("wh", "stuck"), ("wh", "started")]
 
 
 async def test_a_killed_worker_answers_502_and_the_next_query_restarts_it(
     isolated: IsolatedDuckDBBackend,
 ) -> None:
+    events: list[str] = []
+    isolated.report_worker_events(lambda _backend, event: events.append(event))
     pid = isolated.worker_pid
     assert pid is not None
     task = asyncio.ensure_future(isolated.query(LONG, [], CTX, timeout_s=10))
@@ -131,6 +136,7 @@ async def test_a_killed_worker_answers_502_and_the_next_query_restarts_it(
     assert (await isolated.query("SELECT 1", [], CTX, timeout_s=5)).rows == [(1,)]
     assert isolated.worker_pid not in (None, pid)
     assert _gone(pid)
+    assert events == ["crashed", "started"]
 
 
 async def test_duckdb_out_of_its_memory_limit_answers_backend_out_of_memory() -> None:
@@ -174,6 +180,9 @@ async def test_a_query_past_the_worker_cap_answers_502_and_the_next_query_works(
     assert response.status == 200 and (await response.json())["rows"] == [[42]]
     killed = [r for r in caplog.records if r.getMessage() == "duckdb worker killed: out of memory"]
     assert len(killed) == 1 and killed[0].cap_mb == 200
+    metrics = await (await client.get("/metrics")).text()
+    assert 'tollway_backend_worker_events_total{backend="wh",event="out_of_memory"} 1.0' in metrics
+    assert 'tollway_backend_worker_events_total{backend="wh",event="started"} 2.0' in metrics
 
 
 async def test_a_caller_error_answers_400(aiohttp_client: Any) -> None:

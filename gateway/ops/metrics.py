@@ -208,6 +208,14 @@ class Metrics:
             ["code"],
             registry=r,
         )
+        self.backend_worker_events = Counter(
+            "tollway_backend_worker_events",
+            "Worker processes of isolated backends, by event: started, out_of_memory (killed "
+            "past its memory cap), stuck (killed: an interrupted query would not stop), "
+            "crashed (gone on its own).",
+            ["backend", "event"],
+            registry=r,
+        )
         self.key_lookups = Counter(
             "tollway_key_lookups",
             "Keys unknown to this replica looked up in the state store, by result "

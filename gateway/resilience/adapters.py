@@ -4,16 +4,16 @@ with the app."""
 from __future__ import annotations
 
 import importlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 from aiohttp import web
 
-from backends.base import Backend, OptionError
+from backends.base import WORKER_EVENTS, Backend, OptionError, RunsWorkers
 from gateway.config import BackendConfig, config_key
 from gateway.config.reader import ConfigError
 from gateway.ops.health import health_sources_key
-from gateway.ops.metrics import metrics_key
+from gateway.ops.metrics import Metrics, metrics_key
 from gateway.resilience.guard import Guard
 from gateway.resilience.limiter import limiter_key
 from gateway.resilience.redis_limiter import RedisLimiter, SharedOutboundLimiter
@@ -50,6 +50,17 @@ def create_backend(config: BackendConfig) -> Backend:
     return backend
 
 
+def _counted_in(metrics: Metrics, backend: str) -> Callable[[str, str], None]:
+    # every event's series exists from the start at 0, so the first loss is an increase
+    for event in WORKER_EVENTS:
+        metrics.backend_worker_events.labels(backend, event)
+
+    def count(name: str, event: str) -> None:
+        metrics.backend_worker_events.labels(name, event).inc()
+
+    return count
+
+
 async def backends_context(app: web.Application) -> AsyncIterator[None]:
     """Start every configured backend behind its guard; close them all at shutdown."""
     config = app[config_key]
@@ -59,6 +70,8 @@ async def backends_context(app: web.Application) -> AsyncIterator[None]:
     try:
         for backend_config in config.backends.values():
             backend = create_backend(backend_config)
+            if isinstance(backend, RunsWorkers):
+                backend.report_worker_events(_counted_in(app[metrics_key], backend.name))
             await backend.start()
             started.append(backend)
             limiter = app[limiter_key]

@@ -32,7 +32,12 @@ from backends.base import (
 )
 from backends.duckdb_failures import Failure, error_of
 from backends.duckdb_frames import FrameError, decode
-from backends.duckdb_process import Worker, WorkerSettings, WorkerStartFailed
+from backends.duckdb_process import (
+    Worker,
+    WorkerSettings,
+    WorkerStartFailed,
+    remove_stale_spills,
+)
 from gateway.errors import (
     BackendCrashed,
     BackendOutOfMemory,
@@ -104,6 +109,12 @@ class IsolatedDuckDBBackend:
 
     async def start(self) -> None:
         self._open = True
+        removed = await asyncio.to_thread(remove_stale_spills)
+        if removed:
+            _log.info(
+                "removed the spill directories of dead DuckDB workers",
+                extra={"backend": self.name, "directories": removed},
+            )
         await self._current()
 
     async def close(self) -> None:

@@ -5,29 +5,40 @@ sends it its settings and waits for it to open its database. The worker dies wit
 gateway (``PR_SET_PDEATHSIG``) and when its socket closes; `stop` closes the socket, waits
 for the exit and kills what does not leave, so no child outlives a backend and none is
 left unreaped. Each worker spills to a directory of its own, removed once it has exited:
-a worker killed mid-query leaves no spill files behind.
+a worker killed mid-query leaves no spill files behind. A worker holds a lock on a file in
+its directory for its whole life, so the directories of workers that died with their
+gateway (``kill -9``, the kernel's OOM killer), which nobody was left to remove, are found
+and removed by the next gateway to start a worker there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from backends.duckdb_frames import FrameError, decode, encode, read_frame
 
-__all__ = ["Worker", "WorkerSettings", "WorkerStartFailed"]
+__all__ = ["OWNER_LOCK", "Worker", "WorkerSettings", "WorkerStartFailed", "remove_stale_spills"]
 
 _PAGE: Final = os.sysconf("SC_PAGE_SIZE")
 _START_TIMEOUT_S: Final = 30.0
 _STOP_TIMEOUT_S: Final = 2.0
+_SPILL_PREFIX: Final = "tollway-duckdb-"
+OWNER_LOCK: Final = ".owner"
+"""The file in a spill directory its worker holds an exclusive `flock` on while it lives."""
+_UNCLAIMED_GRACE_S: Final = 2 * 30.0
+"""A directory with no lock file yet may belong to a worker still starting."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +50,33 @@ class WorkerSettings:
     query_threads: int
     memory_limit: str | None
     demo: bool
+
+
+def remove_stale_spills(directory: str | None = None) -> list[str]:
+    """Remove the spill directories under `directory` (the system's temporary one) whose
+    worker has died without its gateway removing them; the paths removed."""
+    removed: list[str] = []
+    now = time.time()
+    for spill in Path(directory or tempfile.gettempdir()).glob(_SPILL_PREFIX + "*"):
+        try:
+            fd = os.open(spill / OWNER_LOCK, os.O_RDONLY)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                if spill.is_dir() and now - spill.stat().st_mtime > _UNCLAIMED_GRACE_S:
+                    shutil.rmtree(spill, ignore_errors=True)
+                    removed.append(str(spill))
+            continue
+        except OSError:
+            continue  # another user's, or not ours to judge
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its worker is alive
+        finally:
+            os.close(fd)
+        shutil.rmtree(spill, ignore_errors=True)
+        removed.append(str(spill))
+    return removed
 
 
 class WorkerStartFailed(Exception):
@@ -64,7 +102,7 @@ class Worker:
     @classmethod
     async def start(cls, settings: WorkerSettings) -> Worker:
         ours, theirs = socket.socketpair()
-        spill = tempfile.mkdtemp(prefix="tollway-duckdb-")
+        spill = tempfile.mkdtemp(prefix=_SPILL_PREFIX)
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ import duckdb
 
 from backends.duckdb_engine import failure_of, open_database, run
 from backends.duckdb_frames import FrameError, decode, encode, recv_frame
+from backends.duckdb_process import OWNER_LOCK
 
 _PR_SET_PDEATHSIG = 1
 
@@ -37,6 +39,7 @@ def main(argv: list[str]) -> int:
     if first is None:
         return 0
     settings: dict[str, Any] = decode(first[1])[1]
+    _claim(settings["temp_directory"])
     try:
         connection = open_database(
             settings["path"],
@@ -50,6 +53,13 @@ def main(argv: list[str]) -> int:
         return 1
     _Server(connection, sock, settings["threads"]).serve()
     return 0
+
+
+def _claim(spill: str) -> None:
+    """Hold the lock that says this spill directory is in use until the process ends
+    (the kernel lets go of it however the process dies)."""
+    fd = os.open(os.path.join(spill, OWNER_LOCK), os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
 
 
 def _die_with_parent(parent: int) -> None:

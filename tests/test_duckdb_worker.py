@@ -5,10 +5,12 @@ not stop. Real worker processes throughout."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from aiohttp.test_utils import TestClient
 from backends.base import CallContext
 from backends.duckdb import create
 from backends.duckdb_isolated import IsolatedDuckDBBackend
+from backends.duckdb_process import OWNER_LOCK, remove_stale_spills
 from gateway.app import create_app
 from gateway.config import ConfigError
 from gateway.config.defaults import embedded_config_data
@@ -307,3 +310,50 @@ def _rows_of(page: bytes) -> bytes:
     start = page.index(b'"value":[')
     end = page.rindex(b',"@odata.nextLink"') if b'"@odata.nextLink"' in page else len(page)
     return page[start:end]
+
+
+def test_only_the_spill_directories_of_dead_workers_are_removed(tmp_path: Path) -> None:
+    def spill(name: str, *, lock: bool) -> Path:
+        path = tmp_path / f"tollway-duckdb-{name}"
+        path.mkdir()
+        (path / "duckdb_temp_block.tmp").write_bytes(b"x" * 1024)
+        if lock:
+            (path / OWNER_LOCK).touch()
+        return path
+
+    dead, live = spill("dead", lock=True), spill("live", lock=True)
+    starting, abandoned = spill("starting", lock=False), spill("abandoned", lock=False)
+    os.utime(abandoned, (0, 0))  # created long ago, never claimed
+    held = os.open(live / OWNER_LOCK, os.O_RDWR)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a running worker holds it
+        removed = remove_stale_spills(str(tmp_path))
+    finally:
+        os.close(held)
+    assert sorted(removed) == sorted([str(dead), str(abandoned)])
+    assert live.exists() and starting.exists()
+    assert not dead.exists() and not abandoned.exists()
+
+
+def test_a_gateway_killed_outright_leaves_a_spill_directory_the_next_one_removes(
+    tmp_path: Path,
+) -> None:
+    script = (
+        "import asyncio, os, signal\n"
+        "from backends.duckdb import create\n"
+        "async def main():\n"
+        "    b = create('wh', {'demo': True, 'isolated': True}, timeout_s=5, connect_timeout_s=1)\n"
+        "    await b.start()\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": os.getcwd()}
+    done = subprocess.run([sys.executable, "-c", script], env=env, timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    left = list(tmp_path.glob("tollway-duckdb-*"))
+    assert len(left) == 1 and (left[0] / OWNER_LOCK).exists()
+    deadline = time.monotonic() + 10
+    while not (removed := remove_stale_spills(str(tmp_path))):  # the worker dies with it
+        assert time.monotonic() < deadline, "the worker outlived its gateway"
+        time.sleep(0.05)
+    assert removed == [str(left[0])] and not left[0].exists()

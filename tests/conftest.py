@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import io
 import logging
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,10 +35,16 @@ USER_KEY = "tw_test-user-0123456789abcdefghijklmnopq"
 OTHER_TENANT_KEY = "tw_test-other-0123456789abcdefghijklmno"
 
 
+_SPILL_DIR = tempfile.mkdtemp(prefix="tollway-test-spill-")
+atexit.register(shutil.rmtree, _SPILL_DIR, True)
+
+
 def base_config_data() -> dict[str, Any]:
     return {
         "server": {"host": "127.0.0.1", "port": 0},
         "state": "sqlite:///:memory:",
+        # not ./tollway-spill: test processes run side by side and must not share spill files
+        "state_spill_dir": _SPILL_DIR,
         "limits": {"default": ["1000/minute", "10000/hour"]},
         "keys": [
             {"id": "admin", "hash": hash_key(ADMIN_KEY), "tenant": "ops", "scopes": ["admin"]},

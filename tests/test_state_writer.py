@@ -264,3 +264,20 @@ async def test_two_requests_sent_with_the_same_request_id_are_both_recorded(
         assert rows[0][0] == 2
     finally:
         await store.close()
+
+
+async def test_two_gateways_replaying_one_spill_directory_neither_fails(tmp_path: Path) -> None:
+    spill = tmp_path / "spill" / "usage.spill.jsonl"
+    spill.parent.mkdir()
+    spill.write_text("".join(json.dumps(usage(f"r{i}")) + "\n" for i in range(40)))
+    stored: set[str] = set()  # the store's unique index: a record written twice is kept once
+
+    async def insert(rows: Sequence[Sequence[Any]]) -> None:
+        await asyncio.sleep(0.001)  # the two replays interleave at every batch
+        stored.update(str(row[2]) for row in rows)
+
+    first, second = (BatchWriter("usage", insert, spill, batch=5) for _ in range(2))
+    assert await asyncio.gather(first.flush(), second.flush()) == [True, True]
+    await asyncio.gather(first.close(), second.close())
+    assert stored == {f"r{i}" for i in range(40)}
+    assert list(spill.parent.iterdir()) == []

@@ -187,11 +187,18 @@ class BatchWriter:
         replaying = self.spill_path.with_suffix(".replaying")
         while replaying.exists() or self.spill_path.exists():
             if not replaying.exists():
-                self.spill_path.rename(replaying)
+                try:
+                    self.spill_path.rename(replaying)
+                except FileNotFoundError:
+                    continue  # another gateway on the same spill directory took it
             await self._replay_file(replaying)
 
     async def _replay_file(self, replaying: Path) -> None:
-        lines = (await asyncio.to_thread(replaying.read_bytes)).splitlines()
+        try:
+            text = await asyncio.to_thread(replaying.read_bytes)
+        except FileNotFoundError:
+            return  # replayed by another gateway on the same spill directory
+        lines = text.splitlines()
         # The stdlib reads integers exactly at any size (orjson would make a float of a huge one).
         records = [tuple(json.loads(line)) for line in lines if line.strip()]
         written = 0
@@ -213,7 +220,7 @@ class BatchWriter:
             rest = b"".join(_line(r) for r in records[written:])
             await asyncio.to_thread(replaying.write_bytes, rest)
             raise
-        await asyncio.to_thread(replaying.unlink)
+        await asyncio.to_thread(replaying.unlink, missing_ok=True)
 
     async def close(self, timeout_s: float = 1.0, settle_s: float = 0.5) -> None:
         """Flush before exit; spill whatever the store would not take in time. Bounded:

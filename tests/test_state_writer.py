@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import time
 from collections.abc import Sequence
@@ -281,3 +282,24 @@ async def test_two_gateways_replaying_one_spill_directory_neither_fails(tmp_path
     await asyncio.gather(first.close(), second.close())
     assert stored == {f"r{i}" for i in range(40)}
     assert list(spill.parent.iterdir()) == []
+
+
+async def test_a_record_appended_while_a_replay_starts_is_not_lost(tmp_path: Path) -> None:
+    spill = tmp_path / "spill" / "usage.spill.jsonl"
+    spill.parent.mkdir()
+    spill.write_text(json.dumps(usage("r0")) + "\n")
+    stored: list[str] = []
+
+    async def insert(rows: Sequence[Sequence[Any]]) -> None:
+        stored.extend(str(row[2]) for row in rows)
+
+    writer = BatchWriter("usage", insert, spill, batch=5)
+    with spill.open("ab") as appender:  # another gateway, in the middle of an append
+        fcntl.flock(appender, fcntl.LOCK_EX)
+        flushing = asyncio.ensure_future(writer.flush())
+        await asyncio.sleep(0.3)
+        assert spill.exists() and not flushing.done()  # the replay waits for the append
+        appender.write((json.dumps(usage("r1")) + "\n").encode())
+        appender.flush()
+    assert await flushing is True
+    assert stored == ["r0", "r1"] and list(spill.parent.iterdir()) == []

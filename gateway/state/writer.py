@@ -18,6 +18,7 @@ again later, and the store's unique request id turns the repeat into nothing.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -176,21 +177,28 @@ class BatchWriter:
     @staticmethod
     def _append(path: Path, records: list[tuple[Any, ...]]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("ab") as spill:
-            for record in records:
-                spill.write(_line(record))
-            spill.flush()
-            os.fsync(spill.fileno())
+        while True:
+            with path.open("ab") as spill:
+                # Locked, and still the file under `path`: a replay (of this gateway or of
+                # another on the same directory) renames it only under the same lock, so
+                # nothing is appended to a file already read.
+                fcntl.flock(spill, fcntl.LOCK_EX)
+                if not _is_at(spill.fileno(), path):
+                    continue
+                for record in records:
+                    spill.write(_line(record))
+                spill.flush()
+                os.fsync(spill.fileno())
+                return
 
     async def _replay_spill(self) -> None:
         """Replay the file a failed replay left (older records) first, then the spill file."""
         replaying = self.spill_path.with_suffix(".replaying")
         while replaying.exists() or self.spill_path.exists():
-            if not replaying.exists():
-                try:
-                    self.spill_path.rename(replaying)
-                except FileNotFoundError:
-                    continue  # another gateway on the same spill directory took it
+            if not replaying.exists() and not await asyncio.to_thread(
+                _take, self.spill_path, replaying
+            ):
+                continue  # another gateway on the same spill directory took it
             await self._replay_file(replaying)
 
     async def _replay_file(self, replaying: Path) -> None:
@@ -234,3 +242,24 @@ class BatchWriter:
             records = list(self._buffer)
             self._buffer.clear()
             await self._spill(records)
+
+
+def _is_at(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is the one `path` names now."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _take(spill: Path, replaying: Path) -> bool:
+    """Rename `spill` to `replaying` under the appenders' lock; False if it was gone."""
+    try:
+        with spill.open("rb") as file:
+            fcntl.flock(file, fcntl.LOCK_EX)
+            if not _is_at(file.fileno(), spill):
+                return False
+            spill.rename(replaying)
+            return True
+    except FileNotFoundError:
+        return False

@@ -37,7 +37,7 @@ _STOP_TIMEOUT_S: Final = 2.0
 _SPILL_PREFIX: Final = "tollway-duckdb-"
 OWNER_LOCK: Final = ".owner"
 """The file in a spill directory its worker holds an exclusive `flock` on while it lives."""
-_UNCLAIMED_GRACE_S: Final = 2 * 30.0
+_UNCLAIMED_GRACE_S: Final = 2 * _START_TIMEOUT_S
 """A directory with no lock file yet may belong to a worker still starting."""
 
 
